@@ -1,0 +1,53 @@
+"""Audio building blocks: file/video I/O, log-mel front ends, Griffin-Lim, loudness curves, onsets,
+vocoders and the mel VAE.
+
+Submodules: :mod:`~fourfold.audio.io`, :mod:`~fourfold.audio.mel`, :mod:`~fourfold.audio.loudness`,
+:mod:`~fourfold.audio.onset`, :mod:`~fourfold.audio.vocoder`, :mod:`~fourfold.audio.vae`. The light ones
+are re-exported here; vocoder and VAE (which import diffusers) are imported from their modules.
+"""
+
+from fourfold.audio.io import (
+    AudioError,
+    VideoError,
+    ensure_mono,
+    frame_times,
+    load_audio,
+    mux_audio,
+    read_video,
+    resample,
+    sample_frames,
+    save_audio,
+    write_video,
+)
+from fourfold.audio.mel import (
+    MelConfig,
+    MelSpectrogram,
+    griffin_lim,
+    image_to_mel,
+    mel_filters,
+    mel_spectrogram,
+    mel_to_image,
+    mel_to_linear,
+)
+
+__all__ = [
+    "AudioError",
+    "MelConfig",
+    "MelSpectrogram",
+    "VideoError",
+    "ensure_mono",
+    "frame_times",
+    "griffin_lim",
+    "image_to_mel",
+    "load_audio",
+    "mel_filters",
+    "mel_spectrogram",
+    "mel_to_image",
+    "mel_to_linear",
+    "mux_audio",
+    "read_video",
+    "resample",
+    "sample_frames",
+    "save_audio",
+    "write_video",
+]
