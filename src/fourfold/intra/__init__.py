@@ -10,6 +10,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "IntraConfig": "fourfold.intra.config",
+    "IntraModel": "fourfold.intra.model",
+    "IntraOutput": "fourfold.intra.model",
+    "intra_loss": "fourfold.intra.losses",
+    "relation_contrastive_loss": "fourfold.intra.losses",
+    "object_variance_loss": "fourfold.intra.losses",
     "RelationshipMap": "fourfold.intra.relations",
     "SynonymTable": "fourfold.intra.relations",
     "RelationError": "fourfold.intra.relations",
