@@ -110,7 +110,9 @@ def render_html(results: list[DemoResult], root: Path, *, embed_max_bytes: int =
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>fourfold demo report</title>",
         f"<style>{_CSS}</style></head><body><h1>fourfold demo report</h1>",
-        "<nav>" + "".join(f"<a href='#{html.escape(r.system)}'>{html.escape(r.title)}</a>" for r in results) + "</nav>",
+        "<nav>"
+        + "".join(f"<a href='#{html.escape(r.system)}'>{html.escape(r.title)}</a>" for r in results)
+        + "</nav>",
     ]
     for r in results:
         parts.append(f"<h2 id='{html.escape(r.system)}'>{html.escape(r.title)}</h2>")
@@ -153,7 +155,8 @@ def write_report(results: list[DemoResult], out_dir: str | os.PathLike) -> tuple
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {
-        r.system: {"title": r.title, "seconds": r.seconds, "checks": r.checks, "metrics": r.metrics} for r in results
+        r.system: {"title": r.title, "seconds": r.seconds, "checks": r.checks, "metrics": r.metrics}
+        for r in results
     }
     metrics_path = out_dir / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2, default=_json_default) + "\n")

@@ -85,7 +85,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_from_dict(cls: type, data: Mapping[str, Any], *, source: str = "config") -> Any:
     """Build dataclass ``cls`` from ``data``, refusing unknown keys and rebuilding nested dataclasses."""
     if not isinstance(data, Mapping):
-        raise CheckpointError(f"{source}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+        raise CheckpointError(
+            f"{source}: expected a JSON object for {cls.__name__}, got {type(data).__name__}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -198,7 +200,9 @@ class PretrainedModel(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config = config
 
     # Subclasses whose state_dict holds derived buffers that need not be saved list their prefixes here.
@@ -224,7 +228,9 @@ class PretrainedModel(nn.Module):
 
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": type(self).__name__})
+            save_file(
+                weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": type(self).__name__}
+            )
 
         return atomic_write_dir(directory, write)
 
@@ -258,7 +264,9 @@ class PretrainedModel(nn.Module):
             config = dataclasses.replace(config, **config_overrides)
         state = load_safetensors_checked(directory / WEIGHTS_NAME)
         model = cls(config)
-        expected = {k: v for k, v in model.state_dict().items() if not k.startswith(cls._non_persistent_prefixes)}
+        expected = {
+            k: v for k, v in model.state_dict().items() if not k.startswith(cls._non_persistent_prefixes)
+        }
         check_state_dict(expected, state, source=str(directory / WEIGHTS_NAME))
         model.load_state_dict(state, strict=False)
         if dtype is not None:
