@@ -79,12 +79,12 @@ def test_vggsound_reader(tmp_path):
 
 
 def test_vggsound_reader_errors(tmp_path):
-    with pytest.raises(ClipFolderError, match="vggsound.csv"):
+    with pytest.raises(ClipFolderError, match=r"vggsound\.csv"):
         VGGSoundClips(tmp_path)
     (tmp_path / "vggsound.csv").write_text("abc,10,dog\n")
     with pytest.raises(ClipFolderError, match="4 fields"):
         VGGSoundClips(tmp_path)
     (tmp_path / "vggsound.csv").write_text("abc,10,dog,test\n")
     (tmp_path / "captions.jsonl").write_text("{broken\n")
-    with pytest.raises(ClipFolderError, match="captions.jsonl:1"):
+    with pytest.raises(ClipFolderError, match=r"captions\.jsonl:1"):
         VGGSoundClips(tmp_path)
