@@ -235,3 +235,14 @@ def test_ema_tracks_the_weights(tmp_path):
     shadow = trainer.ema.shadows[0]
     assert not torch.equal(shadow, trainer.params[0].float())
     assert (shadow - trainer.params[0]).abs().max() < 0.05
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    _trainer(
+        tmp_path / "fp32"
+    ).fit()  # a full-precision Trainer earlier in the same process must not block bf16
+    trainer = _trainer(tmp_path / "bf16", mixed_precision="bf16", max_steps=30, learning_rate=1e-2)
+    result = trainer.fit()
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert all(p.dtype == torch.float32 for p in trainer.params)  # fp32 masters, bf16 autocast compute
+    assert sum(result.losses[-5:]) / 5 < sum(result.losses[:5]) / 5

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -99,6 +100,21 @@ def lr_lambda(config: TrainerConfig) -> Callable[[int], float]:
     return factor
 
 
+def _make_accelerator(config: TrainerConfig) -> Accelerator:
+    """An ``Accelerator`` for this run's precision/device, also when an earlier Trainer in this process chose others.
+
+    Accelerate keeps one process-wide state and refuses a second precision; demos and tests train several
+    models in one process, so the precision part of that state is reset (the process group is kept).
+    """
+    try:
+        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+
+
 class Trainer:
     """Train ``model`` on ``train_data`` with ``loss_fn``; see :class:`TrainerConfig` for every knob.
 
@@ -134,7 +150,7 @@ class Trainer:
         self.config = config
         if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
             raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' or 'no' on CPU")
-        self.accelerator = accelerator or Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or _make_accelerator(config)
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         if config.batch_size % self.world_size:
