@@ -118,17 +118,21 @@ def test_gradient_checkpointing_gives_same_grads_on_unet():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
-def test_ppa_shrinks_support_freezes_dropped_and_slices_adam_state():
+def test_ppa_shrinks_support_freezes_dropped_and_keeps_adam_state():
     model = make_stack()
     h = sara.wrap(model, sara.SaraConfig(fraction=0.1, lambda_rank=0.0, progressive_at=[3]))
     opt = torch.optim.AdamW(h.parameters(), lr=5e-2, weight_decay=1e-2)
+    params_before = h.parameters()
     s0 = {e.name: e.param.indices.clone() for e in h.entries}
-    before = {}
     for step in range(1, 9):
         _loss(model, *stack_batch(seed=step)).backward()
+        if step == 4:  # first backward after PPA: frozen entries get no gradient
+            for e in h.entries:
+                assert not bool(e.param.values.grad[~e.param.active].any())
         opt.step()
         opt.zero_grad()
         if step == 3:
+            h.sync()
             before = {
                 e.name: (
                     e.param.values.detach().clone(),
@@ -137,26 +141,25 @@ def test_ppa_shrinks_support_freezes_dropped_and_slices_adam_state():
                 for e in h.entries
             }
         did = h.on_step(opt, step, 8)
+        assert did == (step == 3)
         if step == 3:
-            assert did
             h.sync()
             at_ppa = {e.name: e.base.detach().clone() for e in h.entries}
             for e in h.entries:
                 vals, state = before[e.name]
-                keep = vals.abs() < h.threshold
-                assert torch.equal(e.param.values.detach(), vals[keep])
-                st = opt.state[e.param.values]
-                assert torch.equal(st["exp_avg"], state["exp_avg"][keep])
-                assert torch.equal(st["exp_avg_sq"], state["exp_avg_sq"][keep])
-                assert any(p is e.param.values for p in opt.param_groups[0]["params"])
+                assert torch.equal(e.param.active, vals.abs() < h.threshold)
+                st = opt.state[e.param.values]  # survivors' moments are their pre-PPA slices
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert torch.equal(st[key][e.param.active], state[key][e.param.active])
+    assert all(a is b for a, b in zip(params_before, h.parameters(), strict=True))  # same tensors
     h.sync()
-    assert h.num_trainable() < h.num_support()
+    assert 0 < h.num_trainable() < h.num_support()
     for e in h.entries:
         active = e.param.active_indices.long()
         assert bool(torch.isin(active, s0[e.name].long()).all())  # S_active ⊆ S0
         frozen = e.param.frozen_indices.long()
         now = e.base.detach().reshape(-1)
-        assert torch.equal(now[frozen], at_ppa[e.name].reshape(-1)[frozen])
-        assert torch.equal(e.param.frozen_values, now[frozen])
+        assert torch.equal(now[frozen], at_ppa[e.name].reshape(-1)[frozen])  # unchanged from PPA to the end
+        assert torch.equal(e.param.full_values(e.base)[~e.param.active], now[frozen])
     stats = h.stats()
     assert stats["active"] < stats["support"]

@@ -165,30 +165,26 @@ class SaraHandle:
         """P_S: the trainable entries of tensor ``name`` in place, zeros elsewhere, as an fp32 matrix."""
         e = next(x for x in self.entries if x.name == name)
         mat = self._rank_matrix(e) or torch.Size((e.param.shape[0], -1))
-        if self.config.backend == "sparse":
-            vals = e.param.values
-            flat = vals.new_zeros(int(torch.Size(e.param.shape).numel())).index_put(
-                (e.param.active_indices.long(),), vals
-            )
-        else:
-            _ = getattr(e.module, e.attr)  # restore frozen entries first
-            flat = (e.base.float() * e.param.mask).reshape(-1)
-        return flat.reshape(mat)
+        return e.param.masked_flat(e.base).reshape(mat)
 
-    def rank_loss(self) -> torch.Tensor:
-        """λ_rank·‖P_S‖_* (Eq. 4–5); call once per optimizer step and add it to the loss.
+    def rank_loss(self, draw: int | None = None) -> torch.Tensor:
+        """λ_rank·‖P_S‖_* (Eqs. 4–5); add it to the loss once per optimizer step.
 
-        ``one_random`` draws one eligible tensor uniformly (official default); ``all`` sums over all.
+        ``one_random`` draws one eligible tensor uniformly (official default), seeded by ``config.seed``
+        and the draw number: the internal counter, or ``draw`` when given (e.g. the optimizer step, so
+        every micro-batch of an accumulated step and a resumed run pick the same tensor). ``all`` sums
+        over every eligible tensor.
         """
         self._check_live()
         eligible = self.rank_eligible()
         device = self.entries[0].base.device
-        draw = self.rank_draws
-        self.rank_draws += 1
+        if draw is None:
+            draw = self.rank_draws
+            self.rank_draws += 1
         if self.config.lambda_rank == 0.0 or not eligible:
             return torch.zeros((), device=device)
         if self.config.rank_sampling == "one_random":
-            gen = torch.Generator().manual_seed(self.config.seed * RANK_SEED_STRIDE + draw)
+            gen = torch.Generator().manual_seed(self.config.seed * RANK_SEED_STRIDE + int(draw))
             eligible = [eligible[int(torch.randint(len(eligible), (1,), generator=gen))]]
         total = sum(torch.linalg.matrix_norm(self.masked_matrix(n), ord="nuc") for n in eligible)
         return self.config.lambda_rank * total
@@ -206,31 +202,17 @@ class SaraHandle:
     def progressive_reselect(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """S_active ← {i ∈ S_active : |P_i| < θ}; dropped entries freeze at their fine-tuned values.
 
-        Optimizer state of survivors is sliced and kept (or dropped with ``progressive_reset_state``).
-        The sparse backend's ``values`` become new Parameters that replace the old ones in ``optimizer``;
-        pass the optimizer (or rebuild yours from :meth:`parameters`).
+        Tensors keep their sizes, so the optimizer needs no surgery: survivors keep their Adam moments
+        (our default; the step's gradient was already applied), dropped entries get zero gradient and are
+        pinned. With ``progressive_reset_state`` the optimizer state is cleared (the official behaviour).
         """
         self._check_live()
         self.sync()
         for e in self.entries:
-            if self.config.backend == "masked_dense":
-                e.param.reselect(self.threshold, e.base)
-                if optimizer is not None and self.config.progressive_reset_state:
-                    optimizer.state.pop(e.base, None)
-                continue
-            old = e.param.values
-            keep = e.param.reselect(self.threshold)
-            new = e.param.values
-            if optimizer is None or new is old:
-                continue
-            for group in optimizer.param_groups:
-                group["params"] = [new if p is old else p for p in group["params"]]
-            state = optimizer.state.pop(old, None)
-            if state is not None and not self.config.progressive_reset_state:
-                for k, v in list(state.items()):
-                    if isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == keep.numel():
-                        state[k] = v[keep].clone()
-                optimizer.state[new] = state
+            e.param.reselect(self.threshold, e.base)
+            if optimizer is not None and self.config.progressive_reset_state:
+                target = e.param.values if self.config.backend == "sparse" else e.base
+                optimizer.state.pop(target, None)
         self.sync()
 
     # patch algebra (App. F) --------------------------------------------------------------------------
