@@ -123,7 +123,7 @@ def test_broken_trees_fail_clearly(tmp_path):
         SongStems(tmp_path / "nothing")
     d = _song(tmp_path, "bad", seconds=5, lrc="[00:01.00]ok\n", acc_seconds=6)
     reader = SongStems(tmp_path)
-    with pytest.raises(SongDataError, match="no_vocals.flac"):
+    with pytest.raises(SongDataError, match=r"no_vocals\.flac"):
         reader.load_song("bad")
     (d / "no_vocals.flac").unlink()
     with pytest.raises(SongDataError, match="accompaniment"):
@@ -139,7 +139,7 @@ def test_broken_trees_fail_clearly(tmp_path):
         reader.load_song("nolyrics")
     (d / "vocals.wav").write_bytes(b"not audio")
     (d / "lyrics.lrc").write_text("[00:00.00]x\n")
-    with pytest.raises(SongDataError, match="vocals.wav"):
+    with pytest.raises(SongDataError, match=r"vocals\.wav"):
         reader.load_song("nolyrics")
 
 

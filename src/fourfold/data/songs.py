@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -491,7 +492,7 @@ class SongStems:
         sr, total = song["sample_rate"], len(song["vocals"]) / song["sample_rate"]
         lines = sorted(song["lines"], key=lambda x: x["start"])
         # candidate cut points: the middle of every gap between lines, plus both ends
-        cuts = [0.0] + [(a["end"] + b["start"]) / 2 for a, b in zip(lines, lines[1:], strict=False)] + [total]
+        cuts = [0.0] + [(a["end"] + b["start"]) / 2 for a, b in itertools.pairwise(lines)] + [total]
         clips, start = [], 0.0
         for k in range(1, len(cuts)):
             if cuts[k] - start > self.max_seconds and cuts[k - 1] > start:
@@ -506,7 +507,7 @@ class SongStems:
             out.append((c0, c1))
         result = []
         for c0, c1 in out:
-            a, b = int(round(c0 * sr)), int(round(c1 * sr))
+            a, b = round(c0 * sr), round(c1 * sr)
             inside = [
                 {"start": x["start"] - c0, "end": min(x["end"], c1) - c0, "text": x["text"]}
                 for x in lines
