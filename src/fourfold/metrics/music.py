@@ -180,7 +180,7 @@ def mfcc_stats_frames(wav: np.ndarray, sr: int, *, window_s: float = 0.96, n_mfc
     )
     mel = mel_spectrogram(torch.as_tensor(np.asarray(wav, np.float32)), cfg).numpy()  # (64, frames) at 100 Hz
     mfcc = dct(mel, type=2, norm="ortho", axis=0)[:n_mfcc]
-    per = max(1, int(round(window_s * 100)))
+    per = max(1, round(window_s * 100))
     n = mfcc.shape[1] // per
     if n == 0:
         raise ValueError(f"clip shorter than one {window_s} s window")
