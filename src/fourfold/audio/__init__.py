@@ -19,6 +19,7 @@ from fourfold.audio.io import (
     save_audio,
     write_video,
 )
+from fourfold.audio.loudness import LoudnessCurve, LoudnessError, loudness_curve, loudness_db
 from fourfold.audio.mel import (
     MelConfig,
     MelSpectrogram,
@@ -29,22 +30,30 @@ from fourfold.audio.mel import (
     mel_to_image,
     mel_to_linear,
 )
+from fourfold.audio.onset import detect_onsets, match_onsets, onset_strength
 
 __all__ = [
     "AudioError",
+    "LoudnessCurve",
+    "LoudnessError",
     "MelConfig",
     "MelSpectrogram",
     "VideoError",
+    "detect_onsets",
     "ensure_mono",
     "frame_times",
     "griffin_lim",
     "image_to_mel",
     "load_audio",
+    "loudness_curve",
+    "loudness_db",
+    "match_onsets",
     "mel_filters",
     "mel_spectrogram",
     "mel_to_image",
     "mel_to_linear",
     "mux_audio",
+    "onset_strength",
     "read_video",
     "resample",
     "sample_frames",
