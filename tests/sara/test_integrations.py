@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import make_stack, stack_batch
+from tests.sara.conftest import make_stack, stack_batch
 from fourfold import sara
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_stack, make_unet2d, make_unet_cond, stack_batch, unet_cond_inputs
+from tests.sara.conftest import make_stack, make_unet2d, make_unet_cond, stack_batch, unet_cond_inputs
 from fourfold import sara
 from fourfold.nn.modeling import CheckpointError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_stack
+from tests.sara.conftest import make_stack
 from fourfold import sara
 from fourfold.metrics import frechet_distance, frechet_distance_from_features, state_bytes, vlhi
 

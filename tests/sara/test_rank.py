@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from conftest import make_stack, stack_batch
+from tests.sara.conftest import make_stack, stack_batch
 from fourfold import sara
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_stack
+from tests.sara.conftest import make_stack
 from fourfold import sara
 from fourfold.sara.selection import resolve_fraction, select_indices
 

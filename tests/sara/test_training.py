@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import make_stack, make_unet_cond, stack_batch, unet_cond_inputs
+from tests.sara.conftest import make_stack, make_unet_cond, stack_batch, unet_cond_inputs
 from fourfold import sara
 
 
