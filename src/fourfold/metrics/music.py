@@ -39,10 +39,11 @@ KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66,
 KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 
-def estimate_key(pc_histogram: Sequence[float]) -> int:
+def estimate_key(pc_histogram: Sequence[float], candidates: Sequence[int] | None = None) -> int:
     """Key index (0..23) whose rotated KK profile correlates best with a 12-bin pitch-class histogram.
 
-    An all-zero histogram has no key: ``ValueError``.
+    ``candidates`` restricts the answer to a set of keys (a closed-set test such as the SongCreator BCA
+    ablation with 4 keys). An all-zero histogram has no key: ``ValueError``.
     """
     h = np.asarray(pc_histogram, dtype=np.float64)
     if h.shape != (12,):
@@ -54,6 +55,14 @@ def estimate_key(pc_histogram: Sequence[float]) -> int:
         for tonic in range(12):
             p = np.roll(profile, tonic)
             scores.append(np.corrcoef(h, p)[0, 1] if h.std() > 0 else -np.abs(p - p.mean()).sum())
+    scores = np.asarray(scores, dtype=np.float64)
+    if candidates is not None:
+        allowed = np.full(24, -np.inf)
+        idx = [int(k) for k in candidates]
+        if not idx or any(not 0 <= k < 24 for k in idx):
+            raise ValueError(f"candidates must be key indices in 0..23, got {list(candidates)}")
+        allowed[idx] = scores[idx]
+        scores = allowed
     return int(np.nanargmax(scores))
 
 
