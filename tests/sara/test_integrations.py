@@ -1,8 +1,8 @@
 """SaRA on a transformers model, the one-line SaraAdamW, and training through Accelerate."""
 
 import torch
-
 from tests.sara.conftest import make_stack, stack_batch
+
 from fourfold import sara
 
 

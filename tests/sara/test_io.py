@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-
 from tests.sara.conftest import make_stack, make_unet2d, make_unet_cond, stack_batch, unet_cond_inputs
+
 from fourfold import sara
 from fourfold.nn.modeling import CheckpointError
 

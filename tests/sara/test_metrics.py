@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tests.sara.conftest import make_stack
+
 from fourfold import sara
 from fourfold.metrics import frechet_distance, frechet_distance_from_features, state_bytes, vlhi
 

@@ -1,9 +1,9 @@
 """Acceptance test 5 (spec §8): the nuclear-norm loss really reaches the trainable values (§4.2)."""
 
 import torch
+from tests.sara.conftest import make_stack, stack_batch
 from torch import nn
 
-from tests.sara.conftest import make_stack, stack_batch
 from fourfold import sara
 
 

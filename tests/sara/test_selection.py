@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from tests.sara.conftest import make_stack
 from torch import nn
 
-from tests.sara.conftest import make_stack
 from fourfold import sara
 from fourfold.sara.selection import resolve_fraction, select_indices
 

@@ -1,8 +1,8 @@
 """Acceptance tests 2, 3, 4 and 6 (spec §8): sparse update, backend equivalence, accumulation, PPA."""
 
 import torch
-
 from tests.sara.conftest import make_stack, make_unet_cond, stack_batch, unet_cond_inputs
+
 from fourfold import sara
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fourfold.sara.config import SaraConfig
-from fourfold.sara.selection import resolve_fraction, select_indices
+from fourfold.sara.selection import index_dtype, resolve_fraction, select_indices
 from fourfold.sara.sparse import MaskedDenseParametrization, SparseParametrization
 
 RANK_SEED_STRIDE = 1_000_003  # decorrelates the per-step draws of the rank-loss sampler
@@ -69,18 +69,35 @@ def _targets(model: nn.Module, config: SaraConfig) -> list[tuple[str, nn.Paramet
     return out
 
 
+def _checked_indices(name: str, idx: torch.Tensor, numel: int) -> torch.Tensor:
+    if idx.dim() != 1 or idx.is_floating_point():
+        raise ValueError(f"sara.wrap: indices of {name} must be a 1-D integer tensor")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise ValueError(f"sara.wrap: indices of {name} must be sorted and unique")
+    if int(idx[0]) < 0 or int(idx[-1]) >= numel:
+        raise ValueError(f"sara.wrap: indices of {name} fall outside its {numel} entries")
+    return idx.to(index_dtype(numel))
+
+
 def wrap(
-    model: nn.Module, config: SaraConfig, *, _indices: dict[str, torch.Tensor] | None = None
+    model: nn.Module, config: SaraConfig, *, indices: dict[str, torch.Tensor] | None = None
 ) -> SaraHandle:
     """Select the entries |w| < θ over every targeted tensor and make only them trainable (§4.1).
 
-    ``_indices`` (used by :func:`fourfold.sara.load`) gives the supports instead of selecting them.
+    ``indices`` ({parameter name: sorted flat indices}) gives the supports instead of selecting them
+    (used by :func:`fourfold.sara.load` and by ablations such as largest-|w| or random entries).
     """
     targets = _targets(model, config)
     if not targets:
         raise ValueError("sara.wrap: no parameter matches SaraConfig.include/exclude")
-    if _indices is not None:
+    if indices is not None:
         threshold = float(config.threshold) if config.threshold is not None else float("nan")
+        if config.threshold is None and config.progressive_at is not None:
+            raise ValueError("sara.wrap: explicit indices in fraction mode leave no θ for PPA; "
+                             "give SaraConfig.threshold or progressive_at=None")  # fmt: skip
+        unknown = sorted(set(indices) - {n for n, _ in targets})
+        if unknown:
+            raise ValueError(f"sara.wrap: indices given for unknown or untargeted parameters {unknown[:5]}")
     elif config.threshold is not None:
         threshold = float(config.threshold)
     else:
@@ -92,9 +109,11 @@ def wrap(
     cls = SparseParametrization if config.backend == "sparse" else MaskedDenseParametrization
     modules = dict(model.named_modules())
     for name, p in targets:
-        idx = _indices.get(name) if _indices is not None else select_indices(p, threshold)
+        idx = indices.get(name) if indices is not None else select_indices(p, threshold)
         if idx is None or idx.numel() == 0:
             continue  # empty support: untouched, no dW computed
+        if indices is not None:
+            idx = _checked_indices(name, idx, p.numel())
         mod_name, attr = _split(name)
         module = modules[mod_name]
         pm = cls(p, idx.to(p.device))

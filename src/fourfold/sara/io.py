@@ -254,7 +254,7 @@ def load(
     if backend is not None:
         overrides["backend"] = backend
     cfg = dataclasses.replace(cfg, **overrides)
-    handle = wrap(base_model, cfg, _indices={n: i for n, (i, _) in tensors.items()})
+    handle = wrap(base_model, cfg, indices={n: i for n, (i, _) in tensors.items()})
     with torch.no_grad():
         for e in handle.entries:
             vals = tensors[e.name][1].to(e.base.device)

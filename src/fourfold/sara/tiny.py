@@ -1,0 +1,214 @@
+"""Tiny-scale pieces of the SaRA demo (spec §4 "Tiny"): denoiser, prompt encoder, DigitNet, training runs.
+
+The denoiser is a pixel-space diffusers ``UNet2DConditionModel`` (in/out 1 channel, blocks (32, 64), one
+layer per block, cross-attention dim 32, head dim 8, 8 norm groups, ≈0.8M parameters); the "text encoder"
+is a frozen seeded token table over ``fourfold.data.digits.TOKENS``; noise is DDPM (1000 linear β
+1e-4..0.02, ε-prediction) and sampling is DDIM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fourfold.data.digits import TOKENS
+
+CROSS_DIM = 32
+TOKEN_SEED = 1234  # the frozen token table is the same in every run
+
+
+def tiny_unet(resolution: int = 16, seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=resolution,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+class TokenEncoder(nn.Module):
+    """Frozen seeded embedding: ``(batch, 2)`` token ids → ``(batch, 2, 32)`` encoder hidden states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(TOKEN_SEED)
+        self.register_buffer("table", torch.randn(len(TOKENS), CROSS_DIM, generator=g))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.table[tokens]
+
+
+def ddpm_scheduler():
+    from fourfold.diffusion.schedulers import make_scheduler
+
+    return make_scheduler(
+        "ddpm",
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+@torch.no_grad()
+def sample_images(
+    unet, tokens: torch.Tensor, resolution: int, steps: int, seed: int, batch: int = 250
+) -> torch.Tensor:
+    """DDIM samples for prompt tokens ``(n, 2)`` → images ``(n, 1, r, r)`` clamped to [−1, 1]."""
+    from fourfold.diffusion.guidance import sample
+    from fourfold.diffusion.schedulers import make_scheduler
+
+    enc = TokenEncoder()
+    ddim = make_scheduler("ddim", source=ddpm_scheduler(), clip_sample=False)
+    gen = torch.Generator().manual_seed(seed)
+    was = unet.training
+    unet.eval()
+    out = []
+    for lo in range(0, tokens.shape[0], batch):
+        tk = tokens[lo : lo + batch]
+        x = sample(unet, ddim, [{"encoder_hidden_states": enc(tk)}], (), shape=(tk.shape[0], 1, resolution, resolution),
+                   num_inference_steps=steps, generator=gen)  # fmt: skip
+        out.append(x.clamp(-1, 1))
+    unet.train(was)
+    return torch.cat(out)
+
+
+class DigitNet(nn.Module):
+    """Judge network: 64-d penultimate features, heads for the digit (10) and the style (plain/styled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(256, 64), nn.ReLU(),
+        )  # fmt: skip
+        self.digit = nn.Linear(64, 10)
+        self.style = nn.Linear(64, 2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.body(x)
+        return self.digit(f), self.style(f)
+
+
+def train_digitnet(
+    images: torch.Tensor, digits: torch.Tensor, styles: torch.Tensor, steps: int, seed: int = 0
+) -> DigitNet:
+    """Fit DigitNet on S ∪ T with a fixed seed (Adam 2e-3, batch 128)."""
+    torch.manual_seed(seed)
+    net = DigitNet()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, images.shape[0], (128,), generator=g)
+        ld, ls = net(images[idx])
+        loss = F.cross_entropy(ld, digits[idx]) + F.cross_entropy(ls, styles[idx])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return net.eval()
+
+
+@dataclass
+class RunStats:
+    """What one training run cost."""
+
+    step_seconds: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    state_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def median_step_s(self) -> float:
+        return float(np.median(self.step_seconds)) if self.step_seconds else float("nan")
+
+
+def train_denoiser(
+    unet: nn.Module,
+    data,
+    out_dir: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    params: list[torch.Tensor] | None = None,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    extra_loss: Callable[[int], torch.Tensor] | None = None,
+    on_step: Callable[[torch.optim.Optimizer, int], None] | None = None,
+    seed: int = 0,
+) -> RunStats:
+    """ε-prediction MSE on ``data`` items (``image``, ``tokens``) through the shared Trainer."""
+    from fourfold.diffusion.training import training_step
+    from fourfold.metrics.memory import state_bytes
+    from fourfold.train import Trainer, TrainerConfig
+
+    scheduler, enc = ddpm_scheduler(), TokenEncoder()
+    stats = RunStats()
+    holder: dict[str, Trainer] = {}
+
+    def loss_fn(model, batch):
+        loss = training_step(
+            model, scheduler, batch["image"], {"encoder_hidden_states": enc(batch["tokens"])}
+        ).loss
+        if extra_loss is not None:
+            loss = loss + extra_loss(holder["t"].step)
+        return loss
+
+    last = [time.perf_counter()]
+
+    def callback(trainer, step):
+        now = time.perf_counter()
+        stats.step_seconds.append(now - last[0])
+        if on_step is not None:
+            on_step(trainer.optimizer, step)
+        last[0] = time.perf_counter()
+
+    cfg = TrainerConfig(
+        output_dir=str(out_dir), max_steps=steps, batch_size=batch_size, learning_rate=lr,
+        weight_decay=weight_decay, lr_schedule=schedule, max_grad_norm=1.0, seed=seed, log_every=max(1, steps // 10),
+        save_final_checkpoint=False, progress=False, cpu=True,
+    )  # fmt: skip
+    trainer = Trainer(unet, cfg, data, loss_fn, params=params, callbacks=[callback])
+    holder["t"] = trainer
+    last[0] = time.perf_counter()
+    result = trainer.fit()
+    stats.losses = result.losses
+    stats.state_bytes = state_bytes(unet, trainer.optimizer)
+    return stats
+
+
+def save_grid(images: torch.Tensor, nrow: int, path: Path, scale: int = 4) -> None:
+    """Images ``(n, 1, r, r)`` in [−1, 1] → a PNG grid with ``nrow`` images per row (nearest upscaling)."""
+    from PIL import Image
+
+    n, _, r, _ = images.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = np.full((rows * (r + 1) + 1, nrow * (r + 1) + 1), 128, dtype=np.uint8)
+    pix = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    for i in range(n):
+        y, x = divmod(i, nrow)
+        canvas[1 + y * (r + 1) : 1 + y * (r + 1) + r, 1 + x * (r + 1) : 1 + x * (r + 1) + r] = pix[i]
+    img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)

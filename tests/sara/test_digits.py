@@ -1,0 +1,42 @@
+"""Procedural digits data for the SaRA demo (spec §5)."""
+
+import pytest
+import torch
+
+from fourfold.data.digits import (
+    DIGIT_TOKEN_OFFSET,
+    STYLE,
+    apply_style,
+    digit_split,
+    finetune_set,
+    load_digit_images,
+    source_set,
+)
+
+
+def test_images_split_and_prompts():
+    x, y = load_digit_images(16)
+    assert x.shape == (1797, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    train, test = digit_split(len(y))
+    assert len(train) == 1438 and len(test) == 359 and not set(train.tolist()) & set(test.tolist())
+    s = source_set("test", 8)
+    assert s.images.shape == (359, 1, 8, 8) and bool((s.tokens[:, 1] == s.labels + DIGIT_TOKEN_OFFSET).all())
+    ft = finetune_set("outline", "train", 16)
+    assert (
+        len(ft) == 200
+        and set(ft.labels.tolist()) == {0, 1, 2, 3, 4}
+        and bool((ft.tokens[:, 0] == STYLE).all())
+    )
+
+
+def test_styles_are_deterministic_transforms():
+    x = -torch.ones(1, 1, 5, 5)
+    x[0, 0, 1:4, 1:4] = 1.0  # a 3×3 ink square
+    outline = apply_style(x, "outline")
+    assert outline[0, 0, 2, 2] == -1.0  # interior: dilation = erosion → no ink
+    assert outline[0, 0, 1, 1] == 1.0 and outline[0, 0, 0, 0] == 1.0  # edge and halo
+    bold = apply_style(x, "bold")
+    assert bool((bold == 1.0).all())
+    assert torch.equal(apply_style(x, "inverse"), -x)
+    with pytest.raises(ValueError, match="style"):
+        apply_style(x, "italic")
