@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test test-slow lint format bench clean
+.PHONY: setup demo test test-slow lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ demo: $(STAMP)
 	$(BIN)/fourfold demo --out $(DEMO_OUT)
 	@echo "open $(DEMO_OUT)/report.html"
 
-test: $(STAMP)
+browser: $(STAMP)
+	scripts/install-browser.sh $(BIN)/python
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
