@@ -99,3 +99,16 @@ def test_match_onsets_hits_misses_and_false_alarms(clicks):
     assert extra.hits == 3 and extra.labels.tolist() == [1, 1, 1, 0] and extra.num_gen == 5
     far = match_onsets([0.3], [0.5], x, sr)  # 0.2 s away: outside the 0.1 s window
     assert far.hits == 0 and far.labels.tolist() == [1, 0]
+
+
+@pytest.mark.slow
+def test_onset_detection_equals_librosa(clicks):
+    """Slow only because librosa's numba JIT costs ~10 s on first use."""
+    librosa = pytest.importorskip("librosa")
+    for seed in range(3):
+        x = clicks(np.sort(np.random.default_rng(seed).uniform(0.1, 1.8, 5)), seed=seed)
+        ref_env = librosa.onset.onset_strength(y=x, sr=22050)
+        np.testing.assert_allclose(onset_strength(torch.from_numpy(x)).numpy(), ref_env, atol=1e-4)
+        for delta in (0.07, 0.3):
+            ref = librosa.onset.onset_detect(y=x, sr=22050, units="samples", delta=delta)
+            np.testing.assert_array_equal(detect_onsets(x, 22050, delta=delta, units="samples"), ref)

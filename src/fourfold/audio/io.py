@@ -102,6 +102,29 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int, quality: str = "HQ")
 # audio files
 
 
+_CONTAINER_SUFFIXES = {".mp4", ".m4a", ".aac", ".webm", ".mkv", ".mov", ".avi"}
+
+
+def _read_audio_with_av(path: Path) -> tuple[np.ndarray, int]:
+    """First audio stream of a container as ``(samples, channels)`` float32 and its rate."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as err:
+        raise AudioError(f"cannot decode audio file {path}: {err}") from err
+    try:
+        if not container.streams.audio:
+            raise AudioError(f"{path} has no audio stream")
+        try:
+            audio, sr = _decode_audio_stream(container, path)
+        except VideoError as err:
+            raise AudioError(str(err)) from err
+    finally:
+        container.close()
+    return np.ascontiguousarray(audio.T), sr
+
+
 def load_audio(
     path: str | os.PathLike,
     sr: int | None = None,
@@ -109,7 +132,7 @@ def load_audio(
     *,
     allow_silent: bool = False,
 ) -> tuple[np.ndarray, int]:
-    """Read a wav/flac/ogg/mp3 file with soundfile.
+    """Read a wav/flac/ogg/mp3 file with soundfile (m4a/mp4/webm/... through PyAV).
 
     Returns ``(audio, sample_rate)`` with ``audio`` float32 in [-1, 1]: ``(samples,)`` when ``mono``
     (channels averaged), else ``(channels, samples)``. ``sr`` resamples with soxr; ``None`` keeps the file's.
@@ -125,7 +148,9 @@ def load_audio(
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
-        raise AudioError(f"cannot decode audio file {path}: {err}") from err
+        if path.suffix.lower() not in _CONTAINER_SUFFIXES:
+            raise AudioError(f"cannot decode audio file {path}: {err}") from err
+        data, file_sr = _read_audio_with_av(path)  # m4a / mp4 / webm ...: libsndfile cannot open these
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} is empty (0 samples)")
     if not np.isfinite(data).all():
