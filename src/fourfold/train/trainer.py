@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
@@ -301,6 +301,12 @@ class Trainer:
     def load_checkpoint(self, directory: str | Path) -> None:
         """Restore everything ``save_checkpoint`` wrote; validates the weights before touching the model."""
         directory = Path(directory)
+        sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if sharded:
+            raise CheckpointError(
+                f"resuming a {self.accelerator.distributed_type.value} run is not supported: its optimizer state is "
+                "sharded across processes and this checkpoint holds one process's share; resume under DDP instead"
+            )
         state = ckpt.read_trainer_state(directory)
         weights = load_safetensors_checked(directory / "model.safetensors")
         model = self.accelerator.unwrap_model(self.wrapped_model)
