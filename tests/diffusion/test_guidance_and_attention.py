@@ -1,6 +1,8 @@
 """Chained CFG equals its formula; guidance 1 equals the conditional model; decoupled attention properties."""
 
+import copy
 import logging
+import pickle
 
 import pytest
 import torch
@@ -114,6 +116,19 @@ def test_decoupled_attention_zero_tokens_give_the_base_and_masks_hold(tiny_unet,
         assert torch.equal(a, b) and torch.isfinite(a).all()
         assert torch.equal(a[1], base[1])
     assert "are not expected" not in caplog.text  # self-attention processors accept the extra kwargs
+    # EMA copies and pickling (spawned workers) keep working with the installed processors
+    clone = copy.deepcopy(tiny_unet)
+    restored = pickle.loads(pickle.dumps(tiny_unet))
+    with torch.no_grad():
+        for other in (clone, restored):
+            torch.testing.assert_close(
+                other(
+                    x, t, encoder_hidden_states=text, cross_attention_kwargs={"extra_tokens": tokens}
+                ).sample,
+                run(extra_tokens=tokens),
+                rtol=0,
+                atol=0,
+            )
 
 
 def test_set_processors_factory_and_ignore_kwargs(tiny_unet):

@@ -57,32 +57,46 @@ def attention_modules(unet: nn.Module, which: str = "cross") -> dict[str, nn.Mod
     return out
 
 
+class _KwargsSignature:
+    """A stand-in ``__call__`` that only carries a signature naming ``names`` (picklable, copyable)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        p = inspect.Parameter
+        params = [p("attn", p.POSITIONAL_OR_KEYWORD), p("hidden_states", p.POSITIONAL_OR_KEYWORD)]
+        params += [
+            p(n, p.POSITIONAL_OR_KEYWORD, default=None)
+            for n in ("encoder_hidden_states", "attention_mask", "temb")
+        ]
+        params += [p(n, p.KEYWORD_ONLY, default=None) for n in self.names]
+        return inspect.Signature([*params, p("kwargs", p.VAR_KEYWORD)])
+
+    def __call__(self, *args, **kwargs):  # never called: calls go through IgnoreKwargs.__call__
+        raise TypeError("_KwargsSignature only describes a signature")
+
+
 class IgnoreKwargs:
     """Wrap a processor so it accepts (and ignores) named extra ``cross_attention_kwargs``.
 
-    Each wrapper gets a ``__call__`` signature naming ``names`` so diffusers passes them in silently.
+    diffusers reads ``inspect.signature(processor.__call__)`` to decide which kwargs to pass; the
+    instance attribute ``__call__`` (a :class:`_KwargsSignature`) answers that lookup with ``names``
+    included, while calling the wrapper still runs the class's ``__call__``. Copyable and picklable.
     """
 
-    def __new__(cls, processor: Any, names: Sequence[str]):
-        names = tuple(names)
+    def __init__(self, processor: Any, names: Sequence[str]) -> None:
+        self.inner = processor
+        self.names = tuple(names)
+        self.__call__ = _KwargsSignature(self.names)  # shadows the method for attribute lookup only
 
-        def __call__(
-            self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
-        ):
-            for n in names:
-                kwargs.pop(n, None)
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-
-        base = inspect.signature(__call__)
-        params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names]
-        params.append(base.parameters["kwargs"])
-        __call__.__signature__ = base.replace(parameters=params)
-        sub = type(f"IgnoreKwargs[{type(processor).__name__}]", (cls,), {"__call__": __call__})
-        obj = object.__new__(sub)
-        obj.inner = processor
-        obj.names = names
-        return obj
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
+        for name in self.names:
+            kwargs.pop(name, None)
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
 
 def set_processors(
