@@ -12,6 +12,7 @@ file stem (LOCATE's ``img[:-3] + "png"`` breaks on ``.jpeg``); a test image with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,13 +136,16 @@ def read_exocentric(folder: str | Path, labels: tuple[str, ...] | None = None) -
     return items
 
 
-def read_testset(root: str | Path, split: str, testset_dir: str = "testset") -> list[EgoItem]:
+def read_testset(
+    root: str | Path, split: str, testset_dir: str = "testset", labels: Sequence[str] | None = None
+) -> list[EgoItem]:
     """Egocentric test items of ``root/split/testset_dir``; each image paired with its GT PNG by stem.
 
     Images without a GT file are skipped (they are not test items in LOCATE either); a GT file without an
-    image, an unknown affordance, or a tree with no pairs is an error naming the path.
+    image, an unknown affordance, or a tree with no pairs is an error naming the path. ``labels`` replaces
+    LOCATE's list for the split (trees in this layout with other classes, e.g. the procedural world).
     """
-    labels = affordances_for(split)
+    labels = tuple(labels) if labels is not None else affordances_for(split)
     base = _require_dir(Path(root) / split / testset_dir, f"AGD20K {split} test set")
     ego_root = _require_dir(base / "egocentric", "egocentric test folder")
     gt_root = _require_dir(base / "GT", "GT folder")

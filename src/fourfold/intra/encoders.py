@@ -116,6 +116,28 @@ def build_tiny_image_encoder(
     return Path(out_dir)
 
 
+def _pretrain_on_clusters(model, tokenizer, clusters, steps: int, seed: int, tau: float = 0.1) -> None:
+    import torch.nn.functional as F
+
+    texts = [t for group in clusters for t in group]
+    ids = torch.tensor([c for c, group in enumerate(clusters) for _ in group])
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    eye = torch.eye(len(texts), dtype=torch.bool)
+    positive = (ids[:, None] == ids[None, :]) & ~eye
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        cls = F.normalize(model(**batch).last_hidden_state[:, 0], dim=-1)
+        sim = (cls @ cls.T / tau).masked_fill(eye, float("-inf"))
+        logp = (sim - sim.logsumexp(1, keepdim=True)).masked_fill(eye, 0.0)
+        loss = (-(logp * positive).sum(1) / positive.sum(1).clamp(min=1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
 def build_tiny_text_encoder(
     out_dir: str | os.PathLike,
     words: Sequence[str],
@@ -124,15 +146,16 @@ def build_tiny_text_encoder(
     layers: int = 2,
     heads: int = 2,
     clusters: Sequence[Sequence[str]] = (),
-    cluster_noise: float = 0.15,
-    initializer_range: float = 0.5,
+    pretrain_steps: int = 300,
     seed: int = 0,
 ) -> Path:
-    """Save a random ``BertModel`` + WordPiece ``BertTokenizer`` whose vocabulary is ``words``.
+    """Save a tiny ``BertModel`` + WordPiece ``BertTokenizer`` whose vocabulary is ``words``.
 
-    ``initializer_range`` 0.5 instead of BERT's 0.02: at 0.02 a random BERT's CLS vector barely depends on
-    the words (cosine ≈ 1 between any two texts). ``clusters``: groups of words (e.g. ``["hold", "grasp", "grip"]``) whose embedding rows are set to one
-    shared random direction plus ``cluster_noise`` of their own, so texts of one cluster encode nearby.
+    Random BERT weights give a CLS vector that barely depends on the words (cosine ≈ 1 between any two
+    one-word texts), so when ``clusters`` (groups of texts, e.g. a label with its synonyms) are given the
+    encoder is pre-trained in-process for ``pretrain_steps`` (a few seconds) with a supervised contrastive
+    loss on the CLS vectors: texts of one cluster end up close, other clusters apart. This stands in for
+    the word semantics a real pretrained text encoder brings; it is not a language model.
     """
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -154,25 +177,10 @@ def build_tiny_text_encoder(
         num_attention_heads=heads,
         intermediate_size=4 * hidden,
         max_position_embeddings=64,
-        initializer_range=initializer_range,
     )
     model = BertModel(cfg)
-    emb = model.embeddings.word_embeddings.weight
-    index = {w: i for i, w in enumerate(vocab)}
-    scale = emb.detach().std()
-    # A word in several clusters ("with" in "cut with", "drink with") keeps its own random row.
-    owners: dict[str, set[int]] = {}
-    for c, group in enumerate(clusters):
-        for text in group:
-            for w in text.lower().split():
-                owners.setdefault(w, set()).add(c)
-    with torch.no_grad():
-        for c, group in enumerate(clusters):
-            centre = torch.randn(hidden) * scale
-            for text in group:
-                for w in text.lower().split():
-                    if w in index and owners[w] == {c}:
-                        emb[index[w]] = centre + cluster_noise * torch.randn(hidden) * scale
+    if clusters and pretrain_steps:
+        _pretrain_on_clusters(model, tokenizer, clusters, pretrain_steps, seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -193,7 +193,7 @@ class IntraModel(PretrainedModel):
             image_features = self.encode_image(images)
         else:
             n = image_features.shape[1]
-            h, w = grid if grid is not None else (int(round(n**0.5)),) * 2
+            h, w = grid if grid is not None else (round(n**0.5),) * 2
             if h * w != n:
                 raise ValueError(f"image_features has {n} tokens, not a {h}x{w} grid; pass grid=(h, w)")
         if text_embeds is None:

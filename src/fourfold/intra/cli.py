@@ -1,0 +1,179 @@
+"""``fourfold intra …``: train, eval, infer, demo, data. Heavy imports live inside the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(name="intra", help="INTRA affordance grounding (arXiv 2409.06210).", no_args_is_help=True)
+data_app = typer.Typer(name="data", help="Make datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _parse_data(spec: str) -> tuple[str, Path]:
+    kind, _, root = spec.partition(":")
+    if kind not in ("agd20k", "folder") or not root:
+        raise typer.BadParameter(f"--data must be agd20k:ROOT or folder:ROOT, got {spec!r}")
+    return kind, Path(root)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str, typer.Option(help="agd20k:ROOT (with --split) or folder:ROOT (<affordance>/[<object>/]*.jpg)")
+    ],
+    image_encoder: Annotated[Path, typer.Option(help="local Dinov2Model directory")],
+    text_encoder: Annotated[Path, typer.Option(help="local BERT-style model + tokenizer directory")],
+    out: Annotated[Path, typer.Option(help="run directory; the model is written to OUT/final")],
+    split: Annotated[str, typer.Option(help="AGD20K split: Seen or Unseen")] = "Seen",
+    relationship: Annotated[
+        str, typer.Option(help="'default' (shipped AGD20K map), 'identity' or a CSV/JSON file")
+    ] = "default",
+    synonyms: Annotated[str, typer.Option(help="'default' (paper Tab. S2) or a JSON file")] = "default",
+    size: Annotated[str, typer.Option(help="model size preset: paper or tiny")] = "paper",
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="images per step (paper 256)")] = 256,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (paper 2e-4)")] = 2e-4,
+    seed: int = 0,
+    cache_features: Annotated[
+        bool, typer.Option(help="precompute frozen features of two augmented views")
+    ] = True,
+) -> None:
+    """Train INTRA on exocentric images (no pixel labels)."""
+    from fourfold.data.agd20k import affordances_for, read_exocentric, read_train
+    from fourfold.intra.config import IntraConfig
+    from fourfold.intra.model import IntraModel
+    from fourfold.intra.relations import RelationshipMap, SynonymTable
+    from fourfold.intra.train import IntraTrainConfig, train_intra
+
+    kind, root = _parse_data(data)
+    if kind == "agd20k":
+        items, labels = read_train(root, split), list(affordances_for(split))
+    else:
+        items = read_exocentric(root)
+        labels = sorted({it.affordance for it in items})
+    rel = RelationshipMap.default(labels) if relationship == "default" else None
+    if relationship == "identity":
+        rel = RelationshipMap.identity(labels)
+    elif rel is None:
+        rel = RelationshipMap.load(relationship, labels)
+    syn = SynonymTable.default(labels) if synonyms == "default" else SynonymTable.load(synonyms, labels)
+    presets = {"paper": IntraConfig.paper, "tiny": IntraConfig.tiny}
+    if size not in presets:
+        raise typer.BadParameter(f"--size must be one of {sorted(presets)}")
+    cfg = presets[size](image_encoder=str(image_encoder), text_encoder=str(text_encoder))
+    model = IntraModel(cfg)
+    tcfg = IntraTrainConfig(
+        output_dir=str(out), max_steps=steps, batch_size=batch_size, learning_rate=lr, seed=seed,
+        cache_image_features=cache_features,
+    )  # fmt: skip
+    result = train_intra(model, items, labels, rel, syn, tcfg)
+    typer.echo(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; model in {out / 'final'}")
+
+
+@app.command("eval")
+def eval_(
+    ckpt: Annotated[Path, typer.Option(help="run directory (OUT/final) written by train")],
+    data: Annotated[str, typer.Option(help="agd20k:ROOT")],
+    split: Annotated[str, typer.Option(help="Seen or Unseen")] = "Seen",
+    testset_dir: Annotated[
+        str, typer.Option(help="test folder under ROOT/SPLIT (extended sets, Tab. S10)")
+    ] = "testset",
+    image_encoder: Annotated[Path | None, typer.Option(help="override the saved image encoder path")] = None,
+    text_encoder: Annotated[Path | None, typer.Option(help="override the saved text encoder path")] = None,
+    out: Annotated[Path | None, typer.Option(help="metrics JSON path (default CKPT/metrics.json)")] = None,
+) -> None:
+    """Score a checkpoint on an AGD20K-layout test set: mKLD, mSIM, mNSS as LOCATE computes them."""
+    from fourfold.data.agd20k import label_text, read_testset
+    from fourfold.intra.pipeline import IntraGrounder, evaluate_items
+    from fourfold.nn import atomic_write_text
+
+    _kind, root = _parse_data(data)
+    g = IntraGrounder.from_pretrained(ckpt, image_encoder=image_encoder, text_encoder=text_encoder)
+    items = read_testset(root, split, testset_dir, labels=g.model.labels)
+    scores = evaluate_items(items, lambda ims, affs: g.ground_batch(ims, [label_text(a) for a in affs]))
+    result = {**scores.as_dict(), "split": split, "testset_dir": testset_dir, "selection": "final"}
+    path = out or Path(ckpt) / "metrics.json"
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    m = scores.means()
+    typer.echo(
+        f"{split}: mKLD {m['KLD']:.3f}  mSIM {m['SIM']:.3f}  mNSS {m['NSS']:.3f}  (n={m['n']}) -> {path}"
+    )
+
+
+@app.command()
+def infer(
+    ckpt: Annotated[Path, typer.Option(help="run directory (OUT/final)")],
+    image: Annotated[Path, typer.Option(help="object image")],
+    text: Annotated[list[str], typer.Option(help="interaction text; repeat for several")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    image_encoder: Annotated[Path | None, typer.Option()] = None,
+    text_encoder: Annotated[Path | None, typer.Option()] = None,
+    alpha: float = 0.5,
+) -> None:
+    """Write a heatmap PNG (0-255) and an overlay PNG per text."""
+    import tempfile
+
+    from fourfold.intra.dataset import load_image
+    from fourfold.intra.pipeline import IntraGrounder, overlay, save_heatmap_png
+
+    picture = load_image(image)  # a corrupt image fails here, before anything is written
+    g = IntraGrounder.from_pretrained(ckpt, image_encoder=image_encoder, text_encoder=text_encoder)
+    heats = g.ground_many(picture, text)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-infer-") as tmp:
+        names = []
+        for t, h in zip(text, heats, strict=True):
+            stem = "_".join(t.split())
+            save_heatmap_png(h, Path(tmp) / f"{stem}_heatmap.png")
+            overlay(picture, h, alpha).save(Path(tmp) / f"{stem}_overlay.png")
+            names += [f"{stem}_heatmap.png", f"{stem}_overlay.png"]
+        for name in names:  # each file appears whole (rename within one filesystem)
+            os.replace(Path(tmp) / name, out / name)
+    typer.echo(f"wrote {2 * len(text)} files to {out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("demo_out/intra"),
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="quick: 1 seed, 600 steps; full: 3 seeds")
+    ] = True,
+) -> None:
+    """Train on the procedural part world on CPU; write metrics.json and overlay pictures."""
+    result = run_demo(out, quick)
+    for t in result.tables:
+        typer.echo(t.title)
+        for row in t.rows:
+            typer.echo("  " + "  ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    typer.echo(
+        f"{result.seconds:.0f} s; checks: {sum(result.checks.values())}/{len(result.checks)} passed; {out}"
+    )
+
+
+@data_app.command("procedural")
+def data_procedural(
+    out: Annotated[Path, typer.Option(help="output directory (AGD20K layout)")],
+    seed: int = 0,
+    exo_per_pair: int = 30,
+    ego_per_object: int = 8,
+) -> None:
+    """Write the procedural part world (Seen/Unseen, exocentric train, egocentric test + GT)."""
+    from fourfold.data.affordance_shapes import WorldConfig, make_affordance_world
+
+    make_affordance_world(out, seed, WorldConfig(exo_per_pair=exo_per_pair, ego_per_object=ego_per_object))
+    typer.echo(f"wrote the procedural world to {out}")
+
+
+def run_demo(out_dir: Path, quick: bool = True):
+    """Entry point for ``fourfold demo``: see :func:`fourfold.intra.demo.run_demo`."""
+    from fourfold.intra.demo import run_demo as _run
+
+    return _run(Path(out_dir), quick)
