@@ -2,8 +2,9 @@
 vocoders and the mel VAE.
 
 Submodules: :mod:`~fourfold.audio.io`, :mod:`~fourfold.audio.mel`, :mod:`~fourfold.audio.loudness`,
-:mod:`~fourfold.audio.onset`, :mod:`~fourfold.audio.vocoder`, :mod:`~fourfold.audio.vae`. The light ones
-are re-exported here; vocoder and VAE (which import diffusers) are imported from their modules.
+:mod:`~fourfold.audio.onset`, :mod:`~fourfold.audio.vocoder`, :mod:`~fourfold.audio.gan` (HiFi-GAN
+discriminators, losses, Trainer-ready training module), :mod:`~fourfold.audio.vae`. The light ones are
+re-exported here; vocoders, GAN and VAE (which pull in diffusers/transformers) are imported from their modules.
 """
 
 from fourfold.audio.io import (

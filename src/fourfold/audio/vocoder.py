@@ -2,9 +2,8 @@
 
 - :class:`GriffinLim`: training-free, always available (wraps :func:`fourfold.audio.mel.griffin_lim`).
 - :class:`HiFiGAN`: the HiFi-GAN V1 generator (Kong et al. 2020, arXiv 2010.05646, §2.1) with
-  Auffusion's transposed-convolution padding rule, trainable against :class:`HiFiGANDiscriminator`
-  (multi-period + multi-scale discriminators, §2.2-2.3) with the paper's losses (§2.4, Eq. 1-6):
-  LSGAN adversarial terms, feature matching ×2 and mel L1 ×45.
+  Auffusion's transposed-convolution padding rule; its discriminators, losses and a Trainer-ready
+  training module are in :mod:`fourfold.audio.gan`.
 - :class:`SpeechT5Vocoder`: a transformers ``SpeechT5HifiGan`` directory (AudioLDM's ``vocoder/``).
 
 :func:`load_vocoder` picks one from a local directory (never the hub).
@@ -12,7 +11,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+from torch.nn.utils.parametrizations import weight_norm
 
 from fourfold.audio.mel import MelConfig, griffin_lim
 from fourfold.nn import CheckpointError, PretrainedModel
@@ -31,19 +29,11 @@ __all__ = [
     "GriffinLim",
     "HiFiGAN",
     "HiFiGANConfig",
-    "HiFiGANDiscriminator",
-    "HiFiGANDiscriminatorConfig",
     "SpeechT5Vocoder",
-    "discriminator_loss",
-    "feature_matching_loss",
-    "generator_adversarial_loss",
-    "hifigan_generator_loss",
     "load_vocoder",
 ]
 
 LRELU_SLOPE = 0.1  # HiFi-GAN's leaky-ReLU slope
-MEL_LOSS_WEIGHT = 45.0  # λ_mel, HiFi-GAN Eq. 6
-FM_LOSS_WEIGHT = 2.0  # λ_fm, HiFi-GAN Eq. 6
 
 
 class GriffinLim(nn.Module):
@@ -257,169 +247,6 @@ def _old_weight_norm_key(key: str) -> str:
     return key.replace(".parametrizations.weight.original0", ".weight_g").replace(
         ".parametrizations.weight.original1", ".weight_v"
     )
-
-
-# discriminators (HiFi-GAN §2.2-2.3)
-
-
-@dataclass
-class HiFiGANDiscriminatorConfig:
-    periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # MPD periods (primes, §2.2)
-    num_scales: int = 3  # MSD: raw audio, ×2 and ×4 average-pooled (§2.3)
-    width: float = 1.0  # channel multiplier (1 = paper; tiny configs use 1/16)
-
-    def __post_init__(self) -> None:
-        if not self.periods or any(p < 1 for p in self.periods):
-            raise ValueError(f"HiFiGANDiscriminatorConfig.periods must be positive, got {self.periods}")
-        if self.num_scales < 0:
-            raise ValueError("HiFiGANDiscriminatorConfig.num_scales must be >= 0")
-        if not 0 < self.width <= 1:
-            raise ValueError(f"HiFiGANDiscriminatorConfig.width must be in (0, 1], got {self.width}")
-
-    @classmethod
-    def paper(cls) -> HiFiGANDiscriminatorConfig:
-        return cls()
-
-    @classmethod
-    def tiny(cls) -> HiFiGANDiscriminatorConfig:
-        return cls(periods=(2, 3), num_scales=2, width=1 / 16)
-
-
-def _ch(c: int, width: float) -> int:
-    return max(4, int(c * width))
-
-
-class _PeriodDiscriminator(nn.Module):
-    """Folds ``(batch, T)`` audio into ``(batch, 1, T/p, p)`` and applies (k, 1) 2-D convolutions."""
-
-    def __init__(self, period: int, width: float) -> None:
-        super().__init__()
-        self.period = period
-        chans = [1, *(_ch(c, width) for c in (32, 128, 512, 1024))]
-        self.convs = nn.ModuleList(
-            weight_norm(nn.Conv2d(a, b, (5, 1), (3, 1), padding=(2, 0))) for a, b in itertools.pairwise(chans)
-        )
-        self.convs.append(weight_norm(nn.Conv2d(chans[-1], chans[-1], (5, 1), 1, padding=(2, 0))))
-        self.conv_post = weight_norm(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
-
-    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        pad = (-wav.shape[-1]) % self.period
-        x = F.pad(wav[:, None], (0, pad), mode="reflect") if pad else wav[:, None]
-        x = rearrange(x, "b c (t p) -> b c t p", p=self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            feats.append(x)
-        x = self.conv_post(x)
-        feats.append(x)
-        return x.flatten(1), feats
-
-
-class _ScaleDiscriminator(nn.Module):
-    """Grouped strided 1-D convolutions (MelGAN's discriminator); the raw-scale one uses spectral norm."""
-
-    def __init__(self, width: float, spectral: bool) -> None:
-        super().__init__()
-        norm = spectral_norm if spectral else weight_norm
-        spec = [  # (in, out, kernel, stride, groups, padding) at width 1
-            (1, 128, 15, 1, 1, 7), (128, 128, 41, 2, 4, 20), (128, 256, 41, 2, 16, 20), (256, 512, 41, 4, 16, 20),
-            (512, 1024, 41, 4, 16, 20), (1024, 1024, 41, 1, 16, 20), (1024, 1024, 5, 1, 1, 2),
-        ]  # fmt: skip
-        self.convs = nn.ModuleList()
-        for cin, cout, k, s, g, p in spec:
-            a, b = (1 if cin == 1 else _ch(cin, width)), _ch(cout, width)
-            self.convs.append(norm(nn.Conv1d(a, b, k, s, groups=math.gcd(g, math.gcd(a, b)), padding=p)))
-        self.conv_post = norm(nn.Conv1d(_ch(1024, width), 1, 3, 1, padding=1))
-
-    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x, feats = wav[:, None], []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            feats.append(x)
-        x = self.conv_post(x)
-        feats.append(x)
-        return x.flatten(1), feats
-
-
-class HiFiGANDiscriminator(PretrainedModel):
-    """MPD + MSD. ``forward(wav (batch, T))`` -> (scores: list of ``(batch, n)``, features: list of lists)."""
-
-    config_class = HiFiGANDiscriminatorConfig
-
-    def __init__(self, config: HiFiGANDiscriminatorConfig) -> None:
-        super().__init__(config)
-        self.periods = nn.ModuleList(_PeriodDiscriminator(p, config.width) for p in config.periods)
-        self.scales = nn.ModuleList(
-            _ScaleDiscriminator(config.width, spectral=i == 0) for i in range(config.num_scales)
-        )
-
-    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        scores, feats = [], []
-        for d in self.periods:
-            s, f = d(wav)
-            scores.append(s)
-            feats.append(f)
-        x = wav
-        for i, d in enumerate(self.scales):
-            if i > 0:  # each further scale sees the audio average-pooled by 2 once more
-                x = F.avg_pool1d(x[:, None], 4, 2, padding=2)[:, 0]
-            s, f = d(x)
-            scores.append(s)
-            feats.append(f)
-        return scores, feats
-
-
-# losses (HiFi-GAN §2.4)
-
-
-def discriminator_loss(real_scores: list[torch.Tensor], fake_scores: list[torch.Tensor]) -> torch.Tensor:
-    """LSGAN (Eq. 1): ``Σ_k E[(D_k(x) − 1)²] + E[D_k(G(s))²]`` (pass fake audio detached)."""
-    return sum(
-        torch.mean((1 - r) ** 2) + torch.mean(f**2) for r, f in zip(real_scores, fake_scores, strict=True)
-    )
-
-
-def generator_adversarial_loss(fake_scores: list[torch.Tensor]) -> torch.Tensor:
-    """LSGAN (Eq. 2): ``Σ_k E[(D_k(G(s)) − 1)²]``."""
-    return sum(torch.mean((1 - f) ** 2) for f in fake_scores)
-
-
-def feature_matching_loss(
-    real_feats: list[list[torch.Tensor]], fake_feats: list[list[torch.Tensor]]
-) -> torch.Tensor:
-    """Eq. 4: ``Σ_k Σ_i mean |D_k^i(x) − D_k^i(G(s))|`` over every layer of every sub-discriminator."""
-    return sum(
-        torch.mean(torch.abs(r.detach() - f))
-        for rs, fs in zip(real_feats, fake_feats, strict=True)
-        for r, f in zip(rs, fs, strict=True)
-    )
-
-
-def hifigan_generator_loss(
-    discriminator: HiFiGANDiscriminator,
-    real_wav: torch.Tensor,
-    fake_wav: torch.Tensor,
-    mel_cfg: MelConfig,
-    mel_weight: float = MEL_LOSS_WEIGHT,
-    fm_weight: float = FM_LOSS_WEIGHT,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Generator objective (Eq. 6): ``L_adv + 2·L_fm + 45·L_mel`` with ``L_mel = ‖φ(x) − φ(G(s))‖₁`` on
-    the ln-mel of ``mel_cfg``. ``real_wav``/``fake_wav``: ``(batch, T)`` (cut to the shorter).
-
-    Peak normalisation is switched off for the mel loss so loudness errors are penalised.
-    """
-    n = min(real_wav.shape[-1], fake_wav.shape[-1])
-    real_wav, fake_wav = real_wav[..., :n], fake_wav[..., :n]
-    from fourfold.audio.mel import mel_spectrogram
-
-    loss_cfg = mel_cfg.replace(peak_norm=None, remove_dc=False)
-    mel_l1 = F.l1_loss(mel_spectrogram(fake_wav, loss_cfg), mel_spectrogram(real_wav, loss_cfg))
-    _, real_feats = discriminator(real_wav)
-    fake_scores, fake_feats = discriminator(fake_wav)
-    adv = generator_adversarial_loss(fake_scores)
-    fm = feature_matching_loss(real_feats, fake_feats)
-    loss = adv + fm_weight * fm + mel_weight * mel_l1
-    return loss, {"adv": adv.item(), "fm": fm.item(), "mel_l1": mel_l1.item()}
 
 
 # transformers SpeechT5HifiGan (AudioLDM)
