@@ -1,0 +1,271 @@
+"""Which model each page runs: a user checkpoint given by path, or a tiny random one built at start-up.
+
+``--models DIR`` may hold ``drawaudio/`` (an adapter checkpoint with ``drawaudio_config.json``, optionally
+``drawaudio/base/``; or a base directory with ``condition_config.json``), ``intra/`` (an IntraModel run),
+``songcreator/`` (a pipeline with ``pipeline.json``) and ``sara/`` (Stable Diffusion 1.x/2.x directories,
+one per subfolder, offered as base models). Anything missing is replaced by a tiny model of that system
+with random weights, written under the studio's work folder and labelled *untrained* in the page: the page
+works end to end, but its output is noise-like until a trained checkpoint is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ModelInfo", "StudioModels"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DRAWAUDIO_VOCAB = ["a", "the", "red", "ball", "blue", "square", "green", "triangle", "bounces", "bounce", "and",
+                   "something", "cat", "dog", "meowing", "barking", "car", "engine", "rain", "drum", "two",
+                   "hits", "knocks", "wood", "metal", "glass", "of", "sound"]  # fmt: skip
+INTRA_WORDS = ["hold", "grasp", "cut", "with", "drink", "sit", "on", "ride", "kick", "throw", "pour", "wash",
+               "open", "swing", "type", "lie", "look", "out", "push", "carry", "catch", "hit", "eat", "stick",
+               "brush", "take", "photo", "talk", "beat", "peel", "sip", "write", "lift", "jump"]  # fmt: skip
+
+
+@dataclass
+class ModelInfo:
+    system: str
+    source: str  # a path, or a description of the tiny random model
+    trained: bool
+
+    def to_dict(self) -> dict:
+        label = "" if self.trained else "untrained tiny model with random weights: output is noise-like"
+        return {"system": self.system, "source": self.source, "trained": self.trained, "label": label}
+
+
+class StudioModels:
+    """Loads each system once, on first use (thread-safe), from ``models_dir`` or as a tiny random model."""
+
+    def __init__(self, models_dir: Path | None, work: Path, seed: int = 0) -> None:
+        self.models_dir = None if models_dir is None else Path(models_dir).resolve()
+        self.work = Path(work) / "models"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.seed = seed
+        self._cache: dict[str, tuple[object, ModelInfo]] = {}
+        self._locks = {k: threading.Lock() for k in ("drawaudio", "intra", "songcreator", "sara")}
+
+    def _user_dir(self, name: str) -> Path | None:
+        if self.models_dir is None:
+            return None
+        d = self.models_dir / name
+        return d if d.is_dir() else None
+
+    def get(self, system: str):
+        with self._locks[system]:
+            if system not in self._cache:
+                self._cache[system] = getattr(self, f"_load_{system}")()
+            return self._cache[system]
+
+    def info(self) -> dict[str, dict]:
+        return {k: v[1].to_dict() for k, v in self._cache.items()}
+
+    # Draw an Audio
+
+    def _load_drawaudio(self):
+        from fourfold.drawaudio.base import build_tiny_base, load_base
+        from fourfold.drawaudio.config import DrawAudioConfig
+        from fourfold.drawaudio.model import ADAPTER_CONFIG, DrawAudioModel
+        from fourfold.drawaudio.pipeline import DrawAudioPipeline
+
+        d = self._user_dir("drawaudio")
+        if d is not None and (d / ADAPTER_CONFIG).is_file():
+            base = d / "base" if (d / "base").is_dir() else None
+            return DrawAudioPipeline.from_pretrained(d, base), ModelInfo("drawaudio", str(d), True)
+        if d is not None and (d / "condition_config.json").is_file():
+            return DrawAudioPipeline.from_base(d), ModelInfo("drawaudio", f"{d} (base, no adapter)", True)
+        cfg = DrawAudioConfig.tiny()
+        base_dir = self.work / "drawaudio-tiny-base"
+        if not (base_dir / "condition_config.json").is_file():
+            build_tiny_base(base_dir, cfg, DRAWAUDIO_VOCAB, seed=self.seed)
+        cfg.base.path = str(base_dir)
+        torch.manual_seed(self.seed)
+        model = DrawAudioModel(cfg, load_base(base_dir, cfg))
+        return DrawAudioPipeline(model), ModelInfo(
+            "drawaudio", "tiny Draw an Audio (DrawAudioConfig.tiny)", False
+        )
+
+    # INTRA
+
+    def _load_intra(self):
+        from fourfold.intra.config import IntraConfig
+        from fourfold.intra.model import IntraModel
+        from fourfold.intra.pipeline import IntraGrounder
+
+        d = self._user_dir("intra")
+        if d is not None and (d / "config.json").is_file():
+            kw = {}
+            for name in ("image_encoder", "text_encoder"):
+                if (d / name).is_dir():
+                    kw[name] = str(d / name)
+            return IntraGrounder.from_pretrained(d, **kw), ModelInfo("intra", str(d), True)
+        image_dir, text_dir = self._tiny_intra_encoders()
+        torch.manual_seed(self.seed)
+        cfg = IntraConfig.tiny(
+            image_encoder=str(image_dir), text_encoder=str(text_dir), image_size=56, resize_size=64
+        )
+        return IntraGrounder(IntraModel(cfg)), ModelInfo(
+            "intra", "tiny INTRA (DINOv2/BERT 32-wide, IntraConfig.tiny)", False
+        )
+
+    def _tiny_intra_encoders(self) -> tuple[Path, Path]:
+        from transformers import BertConfig, BertModel, BertTokenizer, Dinov2Config, Dinov2Model
+
+        root = self.work / "intra-tiny-encoders"
+        image_dir, text_dir = root / "dinov2", root / "bert"
+        if not (image_dir / "config.json").is_file():
+            torch.manual_seed(self.seed)
+            Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     patch_size=14, image_size=56)).save_pretrained(image_dir)  # fmt: skip
+        if not (text_dir / "config.json").is_file():
+            text_dir.mkdir(parents=True, exist_ok=True)
+            vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(INTRA_WORDS))]
+            (text_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+            BertTokenizer(vocab=str(text_dir / "vocab.txt")).save_pretrained(text_dir)
+            torch.manual_seed(self.seed)
+            BertModel(BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=48, initializer_range=0.5)).save_pretrained(text_dir)  # fmt: skip
+        return image_dir, text_dir
+
+    # SongCreator
+
+    def _load_songcreator(self):
+        from fourfold.songcreator.pipeline import SongCreatorPipeline
+
+        d = self._user_dir("songcreator")
+        if d is not None and (d / "pipeline.json").is_file():
+            return SongCreatorPipeline.from_pretrained(d), ModelInfo("songcreator", str(d), True)
+        path = self.work / "songcreator-tiny"
+        if not (path / "pipeline.json").is_file():
+            self._build_tiny_songcreator(path)
+        return SongCreatorPipeline.from_pretrained(path), ModelInfo(
+            "songcreator", "tiny SongCreator (DSLMConfig.tiny, BEST-RQ tiny, TokenMelRenderer tiny)", False
+        )
+
+    def _build_tiny_songcreator(self, path: Path) -> None:
+        from fourfold.songcreator.bestrq import (
+            BestRQ,
+            BestRQConfig,
+            SemanticTokenizer,
+            SemanticVQ,
+            SemanticVQConfig,
+        )
+        from fourfold.songcreator.config import DSLMConfig
+        from fourfold.songcreator.dslm import DSLM
+        from fourfold.songcreator.lyrics import LyricsFrontend
+        from fourfold.songcreator.pipeline import SongCreatorPipeline
+        from fourfold.songcreator.renderer import RendererConfig, TokenMelRenderer
+
+        torch.manual_seed(self.seed)
+        enc = BestRQ(BestRQConfig.tiny())
+        vq = SemanticVQ(SemanticVQConfig.tiny(input_dim=enc.config.dim))
+        tok = SemanticTokenizer(enc, vq)
+        fe = LyricsFrontend()
+        dslm = DSLM(DSLMConfig.tiny(codebook_size=tok.codebook_size, lyrics_vocab_size=fe.vocab_size))
+        renderer = TokenMelRenderer(RendererConfig.tiny(tok.codebook_size))
+        SongCreatorPipeline(dslm, fe, tokenizer=tok, renderer=renderer).save_pretrained(path)
+
+    # SaRA
+
+    def _load_sara(self):
+        """SaRA has no fixed model: list the base directories and image folders the user may pick."""
+        bases: dict[str, dict] = {}
+        d = self._user_dir("sara")
+        if d is not None:
+            for sub in sorted([d, *d.iterdir()]):
+                if sub.is_dir() and (sub / "unet").is_dir() and (sub / "text_encoder").is_dir():
+                    bases[sub.name] = {"path": str(sub), "trained": True}
+        tiny = self.work / "sara-tiny-sd"
+        if not (tiny / "model_index.json").is_file():
+            build_tiny_sd(tiny, self.seed)
+        bases["tiny-random-sd"] = {"path": str(tiny), "trained": False}
+        style = self.work / "sara-style-stripes"
+        if not (style / "metadata.jsonl").is_file():
+            build_style_folder(style)
+        return {"bases": bases, "folders": {"stripes (procedural)": str(style)}}, ModelInfo(
+            "sara", ", ".join(bases), any(b["trained"] for b in bases.values())
+        )
+
+
+MAX_LEN = 24
+
+
+def _clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    chars = string.ascii_lowercase + string.digits + ",.<>!?'-"
+    vocab = {}
+    for suffix in ("", "</w>"):
+        for c in chars:
+            vocab[c + suffix] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_LEN
+    ), len(vocab)
+
+
+def build_tiny_sd(root: Path, seed: int = 0) -> Path:
+    """A random Stable-Diffusion-layout directory (UNet 16/32 wide, 8x8 latents, character CLIP tokenizer)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from fourfold.nn.modeling import atomic_write_dir
+
+    tok, vocab_size = _clip_tokenizer(Path(str(root) + "-tokenizer-src"))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4, norm_num_groups=8,
+        sample_size=16,
+    )  # fmt: skip
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))  # fmt: skip
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, clip_sample=False)  # fmt: skip
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    return atomic_write_dir(root, lambda tmp: pipe.save_pretrained(tmp))
+
+
+def build_style_folder(root: Path, n: int = 8) -> Path:
+    """A small captioned image folder: diagonal stripes in warm colours (a 'style' to learn)."""
+    from PIL import Image
+
+    from fourfold.nn.modeling import atomic_write_dir
+
+    def write(tmp: Path) -> None:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:32, 0:32]
+        lines = []
+        for i in range(n):
+            period = rng.integers(4, 9)
+            stripes = ((xx + yy + rng.integers(0, 8)) // period) % 2
+            colour = np.array([230, rng.integers(60, 160), 40])
+            arr = np.where(stripes[..., None] == 1, colour, 255 - colour // 3).astype(np.uint8)
+            Image.fromarray(arr).save(tmp / f"stripes{i}.png")
+            lines.append(json.dumps({"file_name": f"stripes{i}.png", "text": "stripes"}))
+        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+    return atomic_write_dir(root, write)

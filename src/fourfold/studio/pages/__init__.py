@@ -1,0 +1,1 @@
+"""One API router per studio page."""

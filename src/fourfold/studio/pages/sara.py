@@ -1,0 +1,282 @@
+"""SaRA page API: fine-tune a base model's UNet on an image folder with a live loss curve; stop/resume;
+samples before/after and at several α; download the delta.
+
+The loop is the one of ``fourfold.sara.train.finetune`` (VAE latents × scaling factor, frozen CLIP text,
+``fourfold.diffusion.training_step``, + the nuclear-norm rank loss, AdamW at ``handle.learning_rate()``,
+grad-norm clip 1, ``handle.on_step`` for progressive re-selection) written out step by step, so that the
+page can stream the loss and pause between steps: *Stop* cancels the job after the current step and the
+session (weights, optimizer moments, step counter) stays in memory; *Resume* continues from that step.
+Base models and image folders are picked by name from the folders the studio was started with.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from fourfold.studio.jobs import Job
+
+MAX_SESSIONS = 2
+
+
+class StartIn(BaseModel):
+    base: str
+    folder: str
+    steps: int = Field(default=60, ge=1, le=100000)
+    fraction: float = Field(default=0.05, gt=0, le=1)
+    lambda_rank: float = Field(default=5e-3, ge=0)
+    batch_size: int = Field(default=4, ge=1, le=64)
+    lr: float | None = Field(default=None, gt=0)
+    prefix: str = ""
+    seed: int = 0
+
+
+class CompareIn(BaseModel):
+    session: str
+    prompt: str = "stripes"
+    alphas: list[float] = Field(default=[0.0, 0.5, 1.0, 1.5], min_length=1, max_length=8)
+    steps: int = Field(default=10, ge=1, le=200)
+    seed: int = 0
+
+
+@dataclass
+class Session:
+    id: str
+    cfg: StartIn
+    unet: object
+    vae: object
+    text: object
+    tok: object
+    sched: object
+    handle: object
+    optimizer: torch.optim.Optimizer
+    data: object
+    resolution: int
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    job: str | None = None
+
+    def live(self) -> dict:
+        opt_bytes = sum(t.numel() * t.element_size() for s in self.optimizer.state.values()
+                        for t in s.values() if torch.is_tensor(t))  # fmt: skip
+        total = sum(p.numel() for p in self.unet.parameters())
+        mem = {"rss_mb": _rss_mb(), "optimizer_state_mb": opt_bytes / 2**20}
+        if torch.cuda.is_available():
+            mem["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return {
+            "session": self.id, "step": self.step, "total_steps": self.cfg.steps, "losses": self.losses[-2000:],
+            "trainable": int(self.handle.num_trainable()), "support": int(self.handle.num_support()),
+            "unet_params": int(total), "threshold": float(self.handle.threshold), "memory": mem,
+        }  # fmt: skip
+
+
+def _rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _options(studio) -> dict:
+    """Base models and image folders the page may offer: name -> path (only inside the given roots)."""
+    opts, _ = studio.models.get("sara")
+    folders = dict(opts["folders"])
+    from fourfold.sara.data import IMAGE_SUFFIXES
+
+    for root in studio.data_roots:
+        for d in sorted([root, *(p for p in root.iterdir() if p.is_dir())]) if root.is_dir() else []:
+            if any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()):
+                folders[d.name] = str(d)
+    return {"bases": opts["bases"], "folders": folders}
+
+
+def router(studio):
+    from fastapi import APIRouter, HTTPException
+
+    r = APIRouter(prefix="/api/sara")
+    sessions: dict[str, Session] = {}
+
+    def session(sid: str) -> Session:
+        if sid not in sessions:
+            raise HTTPException(404, f"unknown fine-tuning session {sid}: start one")
+        return sessions[sid]
+
+    @r.get("/options")
+    def options():
+        o = _options(studio)
+        return {"bases": [{"name": k, "trained": v["trained"]} for k, v in o["bases"].items()],
+                "folders": [{"name": k, "images": _count_images(v)} for k, v in o["folders"].items()]}  # fmt: skip
+
+    @r.post("/start")
+    def start(req: StartIn):
+        from fourfold.sara.data import CaptionedImages
+        from fourfold.sara.handle import wrap
+        from fourfold.sara.train import load_components
+
+        o = _options(studio)
+        if req.base not in o["bases"]:
+            raise ValueError(f"unknown base model {req.base!r}; one of {sorted(o['bases'])}")
+        if req.folder not in o["folders"]:
+            raise ValueError(f"unknown image folder {req.folder!r}; one of {sorted(o['folders'])}")
+        torch.manual_seed(req.seed)
+        unet, vae, text, tok, sched = load_components(o["bases"][req.base]["path"])
+        for m in (vae, text):
+            m.requires_grad_(False).eval()
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        resolution = int(unet.config.sample_size) * factor
+        data = CaptionedImages(o["folders"][req.folder], resolution, prefix=req.prefix)
+        from fourfold.sara.config import SaraConfig
+
+        handle = wrap(unet, SaraConfig(threshold=None, fraction=req.fraction, lambda_rank=req.lambda_rank,
+                                       progressive_at=0.5, rank_min_dim=8, lr=req.lr))  # fmt: skip
+        opt = torch.optim.AdamW(handle.parameters(), lr=handle.learning_rate(), weight_decay=1e-2)
+        s = Session(uuid.uuid4().hex[:10], req, unet, vae, text, tok, sched, handle, opt, data, resolution)
+        while len(sessions) >= MAX_SESSIONS:  # keep memory bounded: drop the oldest idle session
+            oldest = next(iter(sessions))
+            sessions.pop(oldest)
+        sessions[s.id] = s
+        return _run(s)
+
+    def _run(s: Session) -> dict:
+        def run(job: Job) -> dict:
+            with s.lock:
+                return _train(s, job)
+
+        job = studio.jobs.start("sara", run)
+        s.job = job.id
+        job.live = s.live()
+        return {"session": s.id, "job": job.to_dict()}
+
+    @r.post("/resume/{sid}")
+    def resume(sid: str):
+        s = session(sid)
+        if s.step >= s.cfg.steps:
+            raise ValueError(f"session {sid} already finished its {s.cfg.steps} steps")
+        return _run(s)
+
+    @r.get("/session/{sid}")
+    def status(sid: str):
+        return session(sid).live()
+
+    @r.post("/compare")
+    def compare(req: CompareIn):
+        s = session(req.session)
+        if not s.lock.acquire(timeout=0.5):
+            raise ValueError("stop the fine-tuning first: samples need the weights to stand still")
+        try:
+            return _compare(studio, s, req)
+        finally:
+            s.lock.release()
+
+    @r.post("/delta/{sid}")
+    def delta(sid: str):
+        s = session(sid)
+        if not s.lock.acquire(timeout=0.5):
+            raise ValueError("stop the fine-tuning first: the delta is saved from still weights")
+        try:
+            d = studio.files.new_output_dir("sara-delta")
+            s.handle.save_pretrained(d / "adapter")
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted((d / "adapter").iterdir()):
+                    z.write(f, f"sara-adapter/{f.name}")
+            path = d / "sara-adapter.zip"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, path)
+            return studio.files.output(path, "download", bytes=path.stat().st_size, step=s.step).to_dict()
+        finally:
+            s.lock.release()
+
+    return r
+
+
+def _count_images(folder: str) -> int:
+    from fourfold.sara.data import IMAGE_SUFFIXES
+
+    return sum(1 for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _train(s: Session, job: Job) -> dict:
+    from fourfold.diffusion.training import training_step
+
+    cfg, unet = s.cfg, s.unet
+    unet.train()
+    gen = torch.Generator().manual_seed(cfg.seed + s.step)
+    n = len(s.data)
+    t0 = time.time()
+    while s.step < cfg.steps:
+        job.check()  # Stop: the session keeps its state; Resume continues at s.step
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).tolist()
+        items = [s.data[i] for i in idx]
+        pixels = torch.stack([it["pixel_values"] for it in items])
+        with torch.no_grad():
+            latents = s.vae.encode(pixels).latent_dist.sample(generator=gen) * s.vae.config.scaling_factor
+            ids = s.tok([it["text"] for it in items], padding="max_length", max_length=s.tok.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids  # fmt: skip
+            enc = s.text(ids)[0]
+        loss = training_step(unet, s.sched, latents, {"encoder_hidden_states": enc}, generator=gen).loss
+        if cfg.lambda_rank > 0:
+            loss = loss + s.handle.rank_loss(draw=s.step)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(s.handle.parameters(), 1.0)
+        s.optimizer.step()
+        s.step += 1
+        s.handle.on_step(s.optimizer, s.step, cfg.steps)
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {s.step}: lower the learning rate")
+        s.losses.append(value)
+        job.live = s.live()
+        job.update(s.step / cfg.steps, f"step {s.step}/{cfg.steps}, loss {value:.4f}")
+    unet.eval()
+    return {"session": s.id, "step": s.step, "final_loss": s.losses[-1] if s.losses else None,
+            "seconds": time.time() - t0}  # fmt: skip
+
+
+@torch.no_grad()
+def _compare(studio, s: Session, req: CompareIn) -> dict:
+    """One sample per α (α = 0 is the base model before fine-tuning), same seed and prompt."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from PIL import Image
+
+    s.unet.eval()
+    sched = DDIMScheduler.from_config(s.sched.config)
+    pipe = StableDiffusionPipeline(vae=s.vae, text_encoder=s.text, tokenizer=s.tok, unet=s.unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    d = studio.files.new_output_dir("sara-samples")
+    out = []
+    try:
+        for alpha in req.alphas:
+            s.handle.scale(float(alpha))
+            img = pipe(req.prompt, num_inference_steps=req.steps, guidance_scale=1.0, height=s.resolution,
+                       width=s.resolution, generator=torch.Generator().manual_seed(req.seed)).images[0]  # fmt: skip
+            side = max(128, img.width)
+            img = img.resize((side, side), Image.NEAREST)
+            path = d / f"alpha{alpha:g}.png"
+            img.save(path)
+            out.append({"alpha": alpha, **studio.files.output(path, "image").to_dict()})
+    finally:
+        s.handle.scale(1.0)  # α = 1 restores the fine-tuned weights bit-exactly
+    return {"session": s.id, "step": s.step, "prompt": req.prompt, "samples": out}
+
+
+__all__ = ["CompareIn", "Session", "StartIn", "router"]
