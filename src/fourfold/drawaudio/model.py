@@ -274,7 +274,8 @@ class DrawAudioModel(nn.Module):
             return (torch.rand(b, generator=generator) >= p).float().to(dev)
 
         text = batch["text"] * keep(tc.text_dropout)[:, None, None]
-        tokens, key_mask = self.encode_video(batch["frames"], batch.get("masks"), batch["times"])
+        times = batch["times"][0] if batch["times"].ndim == 2 else batch["times"]  # collated (B, F) -> (F,)
+        tokens, key_mask = self.encode_video(batch["frames"], batch.get("masks"), times)
         tokens = tokens * keep(tc.video_dropout)[:, None, None]
         cond = {
             "encoder_hidden_states": text,

@@ -19,7 +19,7 @@ from fourfold.diffusion import dual_cfg, joint_cfg, make_scheduler, sample
 from fourfold.drawaudio.config import DrawAudioConfig
 from fourfold.drawaudio.masks import Detector, KeyphraseExtractor, MaskInput, detect_mask, load_mask
 from fourfold.drawaudio.model import DrawAudioModel, prepare_video
-from fourfold.drawaudio.tlm import LoudnessCurve
+from fourfold.drawaudio.tlm import coerce_curve
 
 __all__ = ["DrawAudioOutput", "DrawAudioPipeline", "Stage", "crossfade"]
 
@@ -138,25 +138,56 @@ class DrawAudioPipeline:
 
     def prepare_loudness(self, loudness, total_seconds: float) -> np.ndarray | None:
         """Curve over the whole video on the latent grid (T' per window duration)."""
-        curve = LoudnessCurve.coerce(loudness)
+        curve = coerce_curve(loudness)
         if curve is None:
             return None
         per_second = self.cfg.loudness_frames / self.cfg.duration
-        return curve.on_grid(max(1, round(total_seconds * per_second)), total_seconds)
+        return curve.resample(max(1, round(total_seconds * per_second)), total_seconds)
 
     @torch.no_grad()
-    def encode_conditions(self, prompts, negative, frames, fps, mask, start, curve_window, batch):
+    def encode_conditions(self, prompts, negative, frames, masks, times, loudness, use_video: bool = True):
+        """Batched conditions: frames (B, F, 3, S, S), masks (B, F, S, S) or None, loudness (B, T') or None.
+
+        Returns text, ∅-text (zeros or the negative prompt), video tokens (zeros when ``use_video`` is
+        false: text-only generation), key mask, loudness.
+        """
         model, dev = self.model, self.model.base.device
         text = model.base.encode_text(prompts).to(dev)
         empty = model.base.encode_text(negative).to(dev) if negative is not None else torch.zeros_like(text)
-        x, m, times = prepare_video(frames, fps, self.cfg, mask, start)
-        tokens, key_mask = model.encode_video(x[None].to(dev), None if m is None else m[None].to(dev), times)
-        tokens = tokens.expand(batch, -1, -1)
-        key_mask = None if key_mask is None else key_mask.expand(batch, -1)
-        loud = None
-        if curve_window is not None:
-            loud = torch.as_tensor(curve_window, dtype=torch.float32, device=dev)[None].expand(batch, -1)
-        return text.expand(batch, -1, -1), empty.expand(batch, -1, -1), tokens, key_mask, loud, m
+        tokens, key_mask = model.encode_video(frames.to(dev), None if masks is None else masks.to(dev), times)
+        if not use_video:
+            tokens, key_mask = torch.zeros_like(tokens), None
+        loud = None if loudness is None else torch.as_tensor(loudness, dtype=torch.float32, device=dev)
+        return text, empty, tokens, key_mask, loud
+
+    @torch.no_grad()
+    def generate_tensors(
+        self,
+        frames,
+        masks,
+        times,
+        prompts,
+        negative=None,
+        loudness=None,
+        use_video=True,
+        cfg=None,
+        guidance_video=None,
+        guidance_text=None,
+        steps=None,
+        generator=None,
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """One window for a batch of prepared clips -> wav (B, samples), mel (B, n_mels, frames)."""
+        g = self.cfg.guidance
+        conds = self.encode_conditions(prompts, negative, frames, masks, times, loudness, use_video)
+        latents = self.denoise(
+            *conds,
+            cfg or g.cfg,
+            g.video if guidance_video is None else guidance_video,
+            g.text if guidance_text is None else guidance_text,
+            steps or g.steps,
+            generator,
+        )
+        return self.decode(latents)
 
     @torch.no_grad()
     def denoise(self, text, empty, tokens, key_mask, loud, mode, s_v, s_t, steps, generator) -> torch.Tensor:
@@ -211,7 +242,6 @@ class DrawAudioPipeline:
         video_fps: float | None = None,
     ) -> DrawAudioOutput:
         """Generate ``num_samples`` soundtracks for ``video``; see the module docstring for the guidance."""
-        g = self.cfg.guidance
         frames, fps, path = self.load_video(video, video_fps)
         prompts = [prompt] * num_samples if isinstance(prompt, str) else list(prompt)
         negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
@@ -220,7 +250,7 @@ class DrawAudioPipeline:
             raise ValueError(f"duration must be positive, got {total}")
         m = self.prepare_mask(mask, frames, prompts[0], phrase, detect)
         curve = self.prepare_loudness(loudness, total)
-        win, overlap = self.cfg.duration, min(g.window_overlap, self.cfg.duration / 2)
+        win, overlap = self.cfg.duration, min(self.cfg.guidance.window_overlap, self.cfg.duration / 2)
         starts = [0.0]
         while starts[-1] + win < total - 1e-6:
             starts.append(starts[-1] + win - overlap)
@@ -235,16 +265,14 @@ class DrawAudioPipeline:
                 window_curve = np.pad(
                     window_curve, (0, self.cfg.loudness_frames - len(window_curve)), mode="edge"
                 )
-            text, empty, tokens, key_mask, loud, mw = self.encode_conditions(
-                prompts, negative, frames, fps, m, start, window_curve, len(prompts)
-            )
-            latents = self.denoise(
-                text, empty, tokens, key_mask, loud, cfg or g.cfg,
-                g.video if guidance_video is None else guidance_video,
-                g.text if guidance_text is None else guidance_text,
-                num_inference_steps or g.steps, generator,
+                window_curve = np.repeat(window_curve[None], len(prompts), axis=0)
+            x, mw, times = prepare_video(frames, fps, self.cfg, m, start)
+            n = len(prompts)
+            wav, mel = self.generate_tensors(
+                x[None].expand(n, -1, -1, -1, -1), None if mw is None else mw[None].expand(n, -1, -1, -1), times,
+                prompts, negative, window_curve, True, cfg, guidance_video, guidance_text, num_inference_steps,
+                generator,
             )  # fmt: skip
-            wav, mel = self.decode(latents)
             chunks.append(wav)
             first_mel = mel if first_mel is None else first_mel
             mask_used = mw.numpy() if (mw is not None and mask_used is None) else mask_used

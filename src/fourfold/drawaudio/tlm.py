@@ -1,9 +1,10 @@
 """Time-Loudness Module (spec §2.4): a loudness curve -> a small 1-D conv encoder -> added at the UNet input.
 
 Curves ``ℓ`` live in [0, 1] on the latent time grid T' = mel frames / VAE factor (1024 -> 128 real,
-256 -> 64 tiny); 0 is -80 dB, 1 is 0 dB. They come from a reference recording (:meth:`LoudnessCurve.from_audio`,
+256 -> 64 tiny); 0 is -80 dB, 1 is 0 dB. They come from a reference recording (:func:`curve_from_audio`,
 the spec's RMS -> dB -> elliptic low-pass -> [0, 1] -> mean-pool recipe in ``fourfold.audio.loudness``) or are
-drawn by the user (a list, an array or ``curve.json``), linearly resampled to T'.
+drawn by the user (a list, an array or ``curve.json``), linearly resampled to T'. The curve type is
+:class:`fourfold.audio.loudness.LoudnessCurve`.
 
 Encoder (ours): Conv1d(1,64,3)-SiLU-Conv1d(64,64,3)-SiLU-Conv1d(64,C,3), the last layer zero-initialised so
 that training starts from the base model; its output (B, C, T') is broadcast over frequency and scaled by
@@ -14,7 +15,6 @@ lambda_l. ``inject="conv_in"`` adds it after ``unet.conv_in`` (C = its channels)
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,101 +23,46 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from fourfold.audio.loudness import LoudnessCurve, LoudnessError, loudness_curve
 from fourfold.drawaudio.config import DrawAudioConfig
 
-__all__ = ["LoudnessCurve", "LoudnessError", "TLMEncoder", "inject_conv_in", "resample_curve"]
+__all__ = [
+    "LoudnessCurve",
+    "LoudnessError",
+    "TLMEncoder",
+    "coerce_curve",
+    "curve_from_audio",
+    "inject_conv_in",
+]
 
 
-class LoudnessError(ValueError):
-    """A loudness curve is malformed (NaN, outside [0, 1], empty, unreadable file)."""
+def coerce_curve(loudness) -> LoudnessCurve | None:
+    """None | LoudnessCurve | path to ``curve.json`` | list/array/tensor of values in [0, 1]."""
+    if loudness is None or isinstance(loudness, LoudnessCurve):
+        return loudness
+    if isinstance(loudness, str | Path):
+        return LoudnessCurve.load(loudness)
+    if isinstance(loudness, torch.Tensor):
+        loudness = loudness.detach().cpu().numpy()
+    return LoudnessCurve(np.asarray(loudness, dtype=np.float64))
 
 
-def resample_curve(values, length: int) -> np.ndarray:
-    """Linear resample of a 1-D curve to ``length`` points (ends kept)."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(v) == 1:
-        return np.full(length, v[0])
-    return np.interp(np.linspace(0, len(v) - 1, length), np.arange(len(v)), v)
+def curve_from_audio(audio, cfg: DrawAudioConfig, sr: int | None = None) -> LoudnessCurve:
+    """ℓ of a waveform (samples,) at ``sr`` or of an audio file, on the config's latent grid T'.
 
+    The clip is cut or zero-padded to the config's window first, so the curve has exactly T' points.
+    A silent file is refused by the reader (its curve would be meaningless).
+    """
+    from fourfold.audio import io as aio
 
-class LoudnessCurve:
-    """A curve ``values`` in [0, 1] over the clip (any number of points; resampled on use)."""
-
-    def __init__(self, values, times=None, source: str = "curve"):
-        v = np.asarray(values, dtype=np.float64).reshape(-1)
-        if v.size == 0:
-            raise LoudnessError(f"{source}: the loudness curve is empty")
-        if not np.isfinite(v).all():
-            raise LoudnessError(f"{source}: the loudness curve contains NaN or infinite values")
-        if v.min() < 0 or v.max() > 1:
-            raise LoudnessError(
-                f"{source}: loudness values must lie in [0, 1], got [{v.min():.3g}, {v.max():.3g}]"
-            )
-        if times is not None:
-            t = np.asarray(times, dtype=np.float64).reshape(-1)
-            if t.shape != v.shape or not np.all(np.diff(t) > 0):
-                raise LoudnessError(f"{source}: 't' must be increasing and as long as 'value'")
-            self.times = t
-        else:
-            self.times = None
-        self.values, self.source = v, source
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> LoudnessCurve:
-        """``{"t": [...], "value": [...]}`` (seconds) or a plain list of values spread over the clip."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise LoudnessError(f"cannot read loudness file {path}: {err}") from err
-        if isinstance(data, list):
-            return cls(data, source=str(path))
-        if isinstance(data, dict) and "value" in data:
-            return cls(data["value"], data.get("t"), source=str(path))
-        raise LoudnessError(f"{path}: expected a list or {{'t': [...], 'value': [...]}}")
-
-    @classmethod
-    def from_audio(cls, audio, cfg: DrawAudioConfig, sr: int | None = None) -> LoudnessCurve:
-        """Extract ℓ from a waveform (samples,) or a file path, on the config's latent grid T'."""
-        from fourfold.audio import io as aio
-        from fourfold.audio.loudness import loudness_curve
-
-        if isinstance(audio, str | Path):
-            audio, sr = aio.load_audio(audio, sr=cfg.mel.sample_rate)
-        elif sr is not None and sr != cfg.mel.sample_rate:
-            audio = aio.resample(np.asarray(audio, dtype=np.float32), sr, cfg.mel.sample_rate)
-        audio = np.asarray(audio, dtype=np.float32)
-        n = cfg.num_samples
-        audio = np.pad(audio[:n], (0, max(0, n - len(audio))))
-        curve = loudness_curve(torch.from_numpy(audio), cfg.mel, pool=cfg.base.vae_factor)
-        return cls(np.asarray(curve, dtype=np.float64).reshape(-1), source="audio")
-
-    @classmethod
-    def coerce(cls, loudness) -> LoudnessCurve | None:
-        """None | LoudnessCurve | path to curve.json | list/array of values."""
-        if loudness is None or isinstance(loudness, LoudnessCurve):
-            return loudness
-        if isinstance(loudness, str | Path):
-            return cls.from_json(loudness)
-        if isinstance(loudness, torch.Tensor):
-            loudness = loudness.detach().cpu().numpy()
-        return cls(loudness)
-
-    def on_grid(self, length: int, duration: float) -> np.ndarray:
-        """Values at the ``length`` latent frames of a ``duration``-second clip (frame centres)."""
-        if self.times is None:
-            return resample_curve(self.values, length)
-        centres = (np.arange(length) + 0.5) * duration / length
-        return np.interp(centres, self.times, self.values)
-
-    def shifted(self, frames: int) -> LoudnessCurve:
-        """The curve moved right by ``frames`` of its own samples (edge values repeat)."""
-        v = np.roll(self.values, frames)
-        if frames > 0:
-            v[:frames] = self.values[0]
-        elif frames < 0:
-            v[frames:] = self.values[-1]
-        return LoudnessCurve(v, source=self.source)
+    if isinstance(audio, str | Path):
+        audio, sr = aio.load_audio(audio, sr=cfg.mel.sample_rate)
+    audio = np.asarray(audio.detach().cpu() if isinstance(audio, torch.Tensor) else audio, dtype=np.float32)
+    if sr is not None and sr != cfg.mel.sample_rate:
+        audio = aio.resample(audio, sr, cfg.mel.sample_rate)
+    n = cfg.num_samples
+    audio = np.pad(audio[:n], (0, max(0, n - len(audio))))
+    return LoudnessCurve(loudness_curve(torch.from_numpy(audio), cfg.mel, pool=cfg.base.vae_factor).numpy())
 
 
 class TLMEncoder(nn.Module):
