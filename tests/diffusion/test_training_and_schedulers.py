@@ -22,6 +22,7 @@ def test_make_scheduler_by_name(name, cls):
     s = make_scheduler(name, prediction_type="v_prediction")
     assert type(s).__name__ == cls and s.config.prediction_type == "v_prediction"
     assert s.config.beta_schedule == "scaled_linear" and s.config.beta_end == pytest.approx(0.012)
+    assert getattr(s.config, "clip_sample", False) is False  # latents are unbounded: never clip x0
 
 
 def test_scheduler_from_local_dir_and_other_scheduler(tmp_path):

@@ -29,13 +29,17 @@ _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
 }
 SCHEDULER_NAMES = tuple(_REGISTRY)
 
-# Stable Diffusion / Auffusion training schedule (Draw an Audio spec §2.5): scaled-linear 0.00085 -> 0.012.
+# Stable Diffusion 1.5's scheduler_config.json, which Auffusion keeps (Draw an Audio spec §2.5):
+# scaled-linear 0.00085 -> 0.012 over 1000 steps, no x0 clipping (latents are not bounded to [-1, 1]).
 _DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
 }
 _SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2"}
 
@@ -83,7 +87,8 @@ def make_scheduler(name: str = "ddim", source: Any = None, **overrides: Any):
     """Build a diffusers scheduler by name.
 
     ``name``: ``ddpm``, ``ddim``, ``dpm++`` (DPM-Solver++ 2M), ``dpm++sde``, ``euler`` or ``pndm``.
-    ``source``: ``None`` (Stable Diffusion's scaled-linear 0.00085→0.012, 1000 steps, ε-prediction), a
+    ``source``: ``None`` (Stable Diffusion 1.5's config: scaled-linear 0.00085→0.012, 1000 steps,
+    ε-prediction, ``clip_sample=False``, ``steps_offset=1``), a
     local ``scheduler/`` directory or its JSON file, a config dict, or another scheduler instance.
     ``overrides`` replace config fields, e.g. ``prediction_type="v_prediction"``,
     ``beta_schedule="cosine"`` (alias of ``squaredcos_cap_v2``), ``clip_sample=False``.
