@@ -38,6 +38,7 @@ class GenerationResult:
     new_tokens: int
     stopped_by_eos: bool
     step_logits: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    cache_elements: int = 0  # K+V elements held by all caches at the end (0 without a cache)
 
 
 def sample_logits(
@@ -148,6 +149,7 @@ def generate_streams(
         new_tokens=new,
         stopped_by_eos=stopped,
         step_logits=step_logits,
+        cache_elements=runner.cache_elements() if runner else 0,
     )
 
 
@@ -305,6 +307,15 @@ class _CachedRunner:
                 [self.valid[s], torch.ones(1, 1, dtype=torch.bool, device=self.valid[s].device)], 1
             )
         return self._advance(new, pos)
+
+    def cache_elements(self) -> int:
+        total = 0
+        for caches in self.caches.values():
+            for c in caches:
+                total += (
+                    c.sa.num_elements() + c.lyrics.num_elements() + (c.bca.num_elements() if c.bca else 0)
+                )
+        return total
 
     def final_states(self) -> dict[str, torch.Tensor]:
         out = {s: torch.cat(self.states[s], 0) for s in self.gen}
