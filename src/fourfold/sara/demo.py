@@ -8,7 +8,6 @@ largest-|w|, random entries). DigitNet (trained on S ∪ T) judges: FD_fit (FID 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -19,11 +18,11 @@ import torch
 
 from fourfold.data.digits import PLAIN, STYLE, apply_style, finetune_set, prompt_tokens, source_set
 from fourfold.report import DemoResult, Media, Table
+from fourfold.sara.baselines import inject_lora_at_budget
 from fourfold.sara.config import SaraConfig
 from fourfold.sara.handle import wrap
 from fourfold.sara.tiny import DigitNet, sample_images, save_grid, tiny_unet, train_denoiser, train_digitnet
 
-LORA_TARGETS = r".*(to_q|to_k|to_v|to_out\.0|proj_in|proj_out|ff\.net\.0\.proj|ff\.net\.2|conv1|conv2)$"
 WEIGHT_DECAY = 1e-2  # AdamW weight decay for every method (SaRA §2; diffusers script default)
 FULL_LORA_LR = 1e-4  # diffusers script default (our choice, spec §8)
 
@@ -43,6 +42,7 @@ class DemoConfig:
     ddim_steps: int = 50
     digitnet_steps: int = 600
     ablations: bool = True
+    base_dir: str | None = None  # a pretrained base (diffusers UNet dir) to start from instead of pretraining
     seed: int = 0
 
     @classmethod
@@ -51,23 +51,24 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        # 8×8 (the digits' native size) and short runs so that the whole demo fits a few CPU minutes
+        # 8×8 (the digits' native size), the shipped 8×8 base when present, short fine-tuning runs
+        base = str(QUICK_BASE) if (QUICK_BASE / "config.json").is_file() else None
         return cls(resolution=8, pretrain_steps=400, pretrain_batch=32, finetune_steps=150,
-                   samples_per_class=10, ddim_steps=20, digitnet_steps=300)  # fmt: skip
+                   samples_per_class=10, ddim_steps=20, digitnet_steps=300, base_dir=base)  # fmt: skip
 
 
-def _lora(unet, budget: int):
-    """Inject PEFT LoRA with the rank whose trainable count is closest to ``budget``."""
-    from peft import LoraConfig, inject_adapter_in_model
+# made by: python -m fourfold.sara.demo --pretrain-base src/fourfold/sara/assets/digits_base_8px --steps 1500
+QUICK_BASE = Path(__file__).parent / "assets" / "digits_base_8px"
 
-    probe = copy.deepcopy(unet)
-    inject_adapter_in_model(LoraConfig(r=1, lora_alpha=1, target_modules=LORA_TARGETS), probe)
-    per_rank = sum(p.numel() for n, p in probe.named_parameters() if "lora_" in n)
-    rank = max(1, round(budget / per_rank))
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), unet)
-    for n, p in unet.named_parameters():
-        p.requires_grad_("lora_" in n)
-    return rank, [p for p in unet.parameters() if p.requires_grad]
+
+def pretrain_base(out: Path, cfg: DemoConfig, steps: int | None = None) -> Path:
+    """Pretrain the tiny UNet on plain digits (S) and save it as a diffusers UNet directory."""
+    base = tiny_unet(cfg.resolution, cfg.seed)
+    train_denoiser(base, source_set("train", cfg.resolution), Path(out).parent / f".runs-{Path(out).name}",
+                   steps=steps or cfg.pretrain_steps, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr,
+                   schedule="cosine", seed=cfg.seed)  # fmt: skip
+    base.save_pretrained(out)
+    return Path(out)
 
 
 def _alt_indices(unet, k_per_tensor: dict[str, int], mode: str, seed: int) -> dict[str, torch.Tensor]:
@@ -130,10 +131,21 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
     s_train, s_test = source_set("train", r), source_set("test", r)
     ft = finetune_set("outline", "train", r)
 
-    # pretrain on plain digits
-    base = tiny_unet(r, cfg.seed)
-    pre = train_denoiser(base, s_train, out_dir / "runs" / "pretrain", steps=cfg.pretrain_steps,
-                         batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, schedule="cosine", seed=cfg.seed)  # fmt: skip
+    # pretrain on plain digits (or start from a saved base)
+    if cfg.base_dir is not None:
+        from diffusers import UNet2DConditionModel
+
+        base = UNet2DConditionModel.from_pretrained(cfg.base_dir)
+        if base.config.sample_size != r:
+            raise ValueError(
+                f"base_dir {cfg.base_dir} is a {base.config.sample_size}px model, the demo runs at {r}px"
+            )
+        pre_losses: list[float] = []
+    else:
+        base = tiny_unet(r, cfg.seed)
+        pre_losses = train_denoiser(base, s_train, out_dir / "runs" / "pretrain", steps=cfg.pretrain_steps,
+                                    batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, schedule="cosine",
+                                    seed=cfg.seed).losses  # fmt: skip
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
 
     # the judge: S ∪ T over all classes
@@ -190,8 +202,8 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         if method == "full FT":
             params = list(unet.parameters())
         elif method == "LoRA":
-            rank, params = _lora(unet, sum(k_per_tensor.values()))
-            info["lora_rank"] = rank
+            info["lora"] = inject_lora_at_budget(unet, sum(k_per_tensor.values()))
+            params = [p for p in unet.parameters() if p.requires_grad]
         else:
             kw = {"lambda_rank": cfg.lambda_rank, "rank_min_dim": cfg.rank_min_dim, "progressive_at": 0.5}
             if method == "SaRA w/o PPA":
@@ -244,10 +256,14 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
     scores = vlhi_scores([rows[n]["fd_fit"] for n in names], [rows[n]["content"] for n in names])
     for n, v in zip(names, scores, strict=True):
         rows[n]["vlhi"] = v
+    per = min(4, cfg.samples_per_class)
     overview = torch.cat(
-        [g.reshape(10, cfg.samples_per_class, 1, r, r)[:, :4].reshape(40, 1, r, r) for g in grids.values()]
+        [
+            g.reshape(10, cfg.samples_per_class, 1, r, r)[:, :per].reshape(10 * per, 1, r, r)
+            for g in grids.values()
+        ]
     )
-    save_grid(overview, 40, out_dir / "overview.png")
+    save_grid(overview, 10 * per, out_dir / "overview.png")
 
     ablation = [n for n in names if n.startswith("SaRA") or n in ("largest |w|", "random entries")]
     checks = {
@@ -267,7 +283,8 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         "threshold": theta,
         "support": sum(k_per_tensor.values()),
         "num_params": sum(p.numel() for p in base.parameters()),
-        "pretrain_final_loss": float(sum(pre.losses[-20:]) / max(1, len(pre.losses[-20:]))),
+        "pretrain_final_loss": float(sum(pre_losses[-20:]) / len(pre_losses[-20:])) if pre_losses else None,
+        "base": cfg.base_dir or "pretrained in this run",
         "digitnet": {"digit_acc_T_test": acc_digit, "style_acc_test": acc_style},
         "pretrained": pre_metrics,
         "methods": rows,
@@ -329,4 +346,18 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         ],
         seconds=time.perf_counter() - t0,
         checks=checks,
+    )
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="pretrain and save the demo's base UNet")
+    ap.add_argument("--pretrain-base", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--resolution", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    pretrain_base(
+        args.pretrain_base, DemoConfig(resolution=args.resolution, pretrain_batch=32), steps=args.steps
     )
