@@ -103,3 +103,69 @@ def test_accelerate_prepare_and_clip():
     assert step == 4 and h.ppa_done == [2]
     assert all(e.base.grad is None for e in h.entries)
     assert any(p is h.parameters()[0] for g in popt.param_groups for p in g["params"])
+
+
+def test_sd3_transformer_save_load_and_algebra(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    def build():
+        torch.manual_seed(0)
+        return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                     num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                     pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16)  # fmt: skip
+
+    g = torch.Generator().manual_seed(0)
+    x, enc, pooled = (
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.randn(2, 5, 16, generator=g),
+        torch.randn(2, 8, generator=g),
+    )
+    t = torch.tensor([10.0, 500.0])
+    model = build()
+    p0 = {k: v.clone() for k, v in model.state_dict().items()}
+    h = sara.wrap(model, sara.SaraConfig(fraction=0.05, rank_min_dim=8))
+    opt = torch.optim.AdamW(h.parameters(), lr=1e-2)
+    for step in range(1, 3):
+        out = model(x, encoder_hidden_states=enc, pooled_projections=pooled, timestep=t).sample
+        (out.pow(2).mean() + h.rank_loss()).backward()
+        opt.step()
+        opt.zero_grad()
+        h.on_step(opt, step, 2)
+    with torch.no_grad():
+        y = model(x, encoder_hidden_states=enc, pooled_projections=pooled, timestep=t).sample
+    h.save_pretrained(tmp_path / "sd3")
+    fresh = build()
+    sara.load(fresh, tmp_path / "sd3")
+    with torch.no_grad():
+        assert torch.equal(
+            fresh(x, encoder_hidden_states=enc, pooled_projections=pooled, timestep=t).sample, y
+        )
+    h.unmerge()
+    assert all(torch.equal(e.base, p0[e.name]) for e in h.entries)
+
+
+def test_train_config_presets_and_json_round_trip():
+    from fourfold.sara.train import SaraTrainConfig
+
+    paper = SaraTrainConfig.paper("sd15")
+    assert (paper.resolution, paper.steps, paper.batch_size, paper.threshold, paper.progressive_at) == (
+        512,
+        5000,
+        4,
+        2e-3,
+        0.5,
+    )
+    assert paper.adapter_config().learning_rate() == sara.learning_rate_for_threshold(2e-3)
+    tiny = SaraTrainConfig.tiny()
+    assert (tiny.fraction, tiny.threshold, tiny.rank_min_dim, tiny.steps, tiny.batch_size) == (
+        0.05,
+        None,
+        16,
+        1000,
+        16,
+    )
+    assert SaraTrainConfig.from_json(tiny.to_json()) == tiny
+    import pytest
+
+    with pytest.raises(ValueError, match="method"):
+        SaraTrainConfig(method="dora")
