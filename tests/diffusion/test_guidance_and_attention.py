@@ -101,6 +101,8 @@ def test_decoupled_attention_zero_tokens_give_the_base_and_masks_hold(tiny_unet,
     params = attach_decoupled_cross_attention(tiny_unet, scale=1.0)
     assert len(params) == 2 * len(attention_modules(tiny_unet, "cross")) == 8
     assert all(any(p is q for q in tiny_unet.parameters()) for p in params)  # registered in the UNet
+    again = attach_decoupled_cross_attention(tiny_unet)
+    assert len(again) == len(params) and all(a is b for a, b in zip(again, params, strict=True))
     run = lambda **kw: tiny_unet(x, t, encoder_hidden_states=text, cross_attention_kwargs=kw).sample  # noqa: E731
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         assert torch.equal(run(), base)

@@ -229,18 +229,20 @@ def attach_decoupled_cross_attention(
     """Install :class:`DecoupledCrossAttnProcessor` in every cross-attention of ``unet``.
 
     Raises if the model has no cross-attention (e.g. an AudioLDM UNet that takes CLAP as a class
-    embedding). Self-attention processors learn to ignore ``extra_tokens``/``extra_mask``.
-    Returns the new trainable parameters (the K'/V' projections).
+    embedding). Self-attention processors learn to ignore ``extra_tokens``/``extra_mask``. Calling it again
+    keeps the installed branches. Returns their trainable parameters (the K'/V' projections).
     """
     if not attention_modules(unet, "cross"):
         raise ValueError(
             f"{type(unet).__name__} has no cross-attention layers to attach extra tokens to "
             "(an AudioLDM-style UNet conditions through a class embedding instead)"
         )
-    installed = set_processors(
-        unet,
-        lambda name, attn, old: DecoupledCrossAttnProcessor(attn, scale, cross_attention_dim),
-        which="cross",
-        ignore_kwargs=("extra_tokens", "extra_mask"),
-    )
-    return [p for proc in installed.values() for p in proc.parameters()]
+
+    def factory(name: str, attn: nn.Module, old: Any) -> Any:
+        if isinstance(old, DecoupledCrossAttnProcessor):  # attaching twice keeps the (trained) branch
+            return old
+        return DecoupledCrossAttnProcessor(attn, scale, cross_attention_dim)
+
+    set_processors(unet, factory, which="cross", ignore_kwargs=("extra_tokens", "extra_mask"))
+    processors = [m.processor for m in attention_modules(unet, "cross").values()]
+    return [p for proc in processors for p in proc.parameters()]
