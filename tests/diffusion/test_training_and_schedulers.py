@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from fourfold.diffusion import add_noise, diffusion_target, make_scheduler, training_step
+from fourfold.diffusion import (
+    add_noise,
+    diffusion_target,
+    make_scheduler,
+    min_snr_weights,
+    snr,
+    training_step,
+)
 from fourfold.nn import CheckpointError
 
 
@@ -111,3 +118,17 @@ def test_training_step_samples_t_and_noise_reproducibly(tiny_unet):
         weights=torch.ones(2),
     )
     torch.testing.assert_close(w.loss, a.loss)
+
+
+def test_min_snr_weights_equalise_the_x0_space_weight():
+    """Each target's loss relates to the x0 loss by a known factor (ε: SNR, v: SNR + 1, x0: 1); the
+    weights make every prediction type weigh x0 errors by min(SNR, γ)."""
+    s = make_scheduler("ddpm")
+    t = torch.tensor([1, 100, 500, 999])
+    ratio = snr(s, t)
+    assert ratio[0] > 5 > ratio[-1]
+    x0_factor = {"epsilon": ratio, "v_prediction": ratio + 1, "sample": torch.ones_like(ratio)}
+    for ptype, factor in x0_factor.items():
+        torch.testing.assert_close(min_snr_weights(s, t, ptype) * factor, ratio.clamp(max=5.0))
+    with pytest.raises(ValueError, match="prediction_type"):
+        min_snr_weights(s, t, "x0")

@@ -23,6 +23,8 @@ from fourfold.diffusion.training import (
     add_noise,
     call_model,
     diffusion_target,
+    min_snr_weights,
+    snr,
     training_step,
 )
 
@@ -42,8 +44,10 @@ __all__ = [
     "guided_prediction",
     "joint_cfg",
     "make_scheduler",
+    "min_snr_weights",
     "sample",
     "scheduler_class",
     "set_processors",
+    "snr",
     "training_step",
 ]

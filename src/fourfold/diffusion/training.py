@@ -20,7 +20,15 @@ import torch
 from einops import rearrange
 from torch.nn import functional as F
 
-__all__ = ["DiffusionStepOutput", "add_noise", "call_model", "diffusion_target", "training_step"]
+__all__ = [
+    "DiffusionStepOutput",
+    "add_noise",
+    "call_model",
+    "diffusion_target",
+    "min_snr_weights",
+    "snr",
+    "training_step",
+]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -64,6 +72,31 @@ def diffusion_target(
     if prediction_type == "v_prediction":
         a, s = _alphas(scheduler, timesteps, latents)
         return a * noise - s * latents
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ``ᾱ_t / (1 - ᾱ_t)`` per timestep, ``(batch,)`` float32."""
+    abar = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps.long()]
+    return (abar / (1.0 - abar)).float()
+
+
+def min_snr_weights(
+    scheduler, timesteps: torch.Tensor, prediction_type: str, gamma: float = 5.0
+) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, arXiv 2303.09556, Eq. 7 and Table 1), ``(batch,)``.
+
+    The x0-space weight ``min(SNR, γ)`` expressed for each target: ε → ``min(SNR, γ)/SNR``;
+    v → ``min(SNR, γ)/(SNR + 1)``; x0 → ``min(SNR, γ)``. Pass the result as ``training_step(weights=...)``.
+    """
+    ratio = snr(scheduler, timesteps)
+    clipped = ratio.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / ratio
+    if prediction_type == "v_prediction":
+        return clipped / (ratio + 1.0)
+    if prediction_type == "sample":
+        return clipped
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
