@@ -95,8 +95,9 @@ class FileStore:
             raise UploadError(f"unknown file id {file_id!r}: upload the file again")
         kinds = (kind,) if isinstance(kind, str) else kind
         if kinds is not None and f.kind not in kinds and f.info.get("media") not in kinds:
+            have = f.info.get("media", f.kind)
             raise UploadError(
-                f"{f.name} is a {f.info.get('media', f.kind)} file; this needs {' or '.join(kinds)}"
+                f"{f.name} is {'an' if have[0] in 'aeiou' else 'a'} {have} file; this needs {' or '.join(kinds)}"
             )
         return f
 
@@ -122,7 +123,10 @@ class FileStore:
             raise UploadError(f"unknown upload kind {kind!r}; one of {sorted(KINDS)}")
         suffix = Path(name or "").suffix.lower()
         if suffix not in KINDS[kind]:
-            raise UploadError(f"{name!r} is not a {kind} file: expected one of {', '.join(KINDS[kind])}")
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise UploadError(
+                f"{name!r} is not {article} {kind} file: expected one of {', '.join(KINDS[kind])}"
+            )
         folder = self.root / "uploads" / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         path = folder / _safe_name(name)

@@ -33,6 +33,21 @@ INTRA_WORDS = ["hold", "grasp", "cut", "with", "drink", "sit", "on", "ride", "ki
                "brush", "take", "photo", "talk", "beat", "peel", "sip", "write", "lift", "jump"]  # fmt: skip
 
 
+LOAD_LOCK = threading.RLock()  # one model load at a time: transformers' lazy imports are not thread-safe
+
+
+def heavy_imports() -> None:
+    """Import transformers/diffusers names in one thread first (concurrent first imports fail)."""
+    with LOAD_LOCK:
+        import diffusers  # noqa: F401
+        import transformers
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+
+        for name in ("BertConfig", "BertModel", "BertTokenizer", "Dinov2Config", "Dinov2Model", "CLIPTextModel",
+                     "CLIPTokenizer", "CLIPTextConfig", "AutoModel", "AutoTokenizer", "CLIPVisionModelWithProjection"):  # fmt: skip
+            getattr(transformers, name)
+
+
 @dataclass
 class ModelInfo:
     system: str
@@ -53,7 +68,6 @@ class StudioModels:
         self.work.mkdir(parents=True, exist_ok=True)
         self.seed = seed
         self._cache: dict[str, tuple[object, ModelInfo]] = {}
-        self._locks = {k: threading.Lock() for k in ("drawaudio", "intra", "songcreator", "sara")}
 
     def _user_dir(self, name: str) -> Path | None:
         if self.models_dir is None:
@@ -62,8 +76,9 @@ class StudioModels:
         return d if d.is_dir() else None
 
     def get(self, system: str):
-        with self._locks[system]:
+        with LOAD_LOCK:
             if system not in self._cache:
+                heavy_imports()
                 self._cache[system] = getattr(self, f"_load_{system}")()
             return self._cache[system]
 
@@ -243,7 +258,7 @@ def build_tiny_sd(root: Path, seed: int = 0) -> Path:
         pad_token_id=vocab_size - 1,
     ))  # fmt: skip
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False)  # fmt: skip
+                          beta_end=0.012, clip_sample=False, steps_offset=1)  # fmt: skip
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     return atomic_write_dir(root, lambda tmp: pipe.save_pretrained(tmp))

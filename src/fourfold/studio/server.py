@@ -9,6 +9,7 @@ default. Routes shared by every page: ``/api/info`` (which model each page runs)
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fourfold.studio.files import MEDIA_TYPES, FileStore, UploadError, UploadLimits
 from fourfold.studio.jobs import Busy, JobManager
-from fourfold.studio.models import StudioModels
+from fourfold.studio.models import StudioModels, heavy_imports
 
 __all__ = ["Studio", "StudioConfig", "create_app", "serve"]
 
@@ -57,6 +58,8 @@ def create_app(cfg: StudioConfig | None = None):
         torch.set_num_threads(studio.cfg.max_threads)
     app = FastAPI(title="fourfold studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.studio = studio
+    # warm the heavy imports in the background so the first page action is quicker
+    threading.Thread(target=heavy_imports, name="studio-imports", daemon=True).start()
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request: Request, err: UploadError):

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from fourfold.studio.jobs import Job
+from fourfold.studio.models import LOAD_LOCK
 
 MAX_SESSIONS = 2
 
@@ -135,7 +136,8 @@ def router(studio):
         if req.folder not in o["folders"]:
             raise ValueError(f"unknown image folder {req.folder!r}; one of {sorted(o['folders'])}")
         torch.manual_seed(req.seed)
-        unet, vae, text, tok, sched = load_components(o["bases"][req.base]["path"])
+        with LOAD_LOCK:
+            unet, vae, text, tok, sched = load_components(o["bases"][req.base]["path"])
         for m in (vae, text):
             m.requires_grad_(False).eval()
         factor = 2 ** (len(vae.config.block_out_channels) - 1)

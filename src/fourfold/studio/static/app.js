@@ -184,6 +184,7 @@ pages_da = async function () {
     });
     const body = { video: da.video.id, stages, steps: +$("da-steps").value, seed: +$("da-seed").value, cfg: $("da-cfg").value };
     $("da-generate").disabled = true; $("da-cancel").disabled = false;
+    $("da-results").hidden = true; $("da-stems").innerHTML = "";
     try {
       let job = await api("/api/drawaudio/generate", { json: body });
       da.job = job.id;
@@ -235,6 +236,7 @@ function intraClick(e) {
   const x = (e.clientX - r.left) / r.width, y = (e.clientY - r.top) / r.height;
   guarded("intra", async () => {
     const res = await api(`/api/intra/score/${it.result}?x=${x.toFixed(4)}&y=${y.toFixed(4)}`);
+    $("intra-pixel").textContent = `scores at pixel x=${res.col}, y=${res.row}`;
     const body = $("intra-scores").querySelector("tbody");
     body.innerHTML = "";
     res.scores.forEach((s) => { const tr = document.createElement("tr"); tr.innerHTML = `<td>${s.action}</td><td>${s.score.toFixed(3)}</td>`; body.appendChild(tr); });
@@ -283,6 +285,7 @@ pages_sc = async function () {
                    max_seconds: +$("sc-seconds").value, temperature: +$("sc-temp").value, span: sc.span };
     for (const [k, v] of Object.entries(sc.files)) if (v) body[k] = v.id;
     $("sc-generate").disabled = true; $("sc-cancel").disabled = false;
+    $("sc-results").hidden = true; $("sc-outputs").innerHTML = "";
     try {
       let job = await api("/api/songcreator/generate", { json: body });
       sc.job = job.id;
@@ -326,7 +329,10 @@ async function saRun(startPromise) {
   try {
     const res = await startPromise;
     sa.session = res.session; sa.job = res.job.id;
-    const job = await pollJob(res.job, (j) => { jobUi("sara")(j); saLive(j.live); }, 300);
+    const job = await pollJob(res.job, (j) => {
+      jobUi("sara")(j); saLive(j.live);
+      if (j.status === "cancelled") $("sara-status").textContent = `stopped at step ${j.live.step}: Resume continues from there`;
+    }, 300);
     if (job.status === "error") throw new Error(job.error);
     const live = await api("/api/sara/session/" + sa.session);
     saLive(live);

@@ -1,0 +1,120 @@
+"""Studio server without a browser: uploads, errors, folder confinement, jobs, CLI defaults."""
+
+import threading
+import time
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi", reason="the studio needs the [ui] extra: pip install 'fourfold[ui]'")
+from fastapi.testclient import TestClient  # noqa: E402
+from tests.studio.helpers import png_bytes, video_file, wav_bytes  # noqa: E402
+
+from fourfold.studio.files import FileStore, UploadError, UploadLimits  # noqa: E402
+from fourfold.studio.jobs import Busy, Cancelled, Job, JobManager, progress_hook  # noqa: E402
+from fourfold.studio.server import StudioConfig, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    work = tmp_path_factory.mktemp("studio")
+    app = create_app(StudioConfig(work=work, limits=UploadLimits(max_bytes=200_000, max_video_seconds=3.0)))
+    return TestClient(app)
+
+
+def test_uploads_are_checked_and_served_by_id_only(client, tmp_path):
+    ok = client.post(
+        "/api/upload", files={"file": ("a b/../c.png", png_bytes())}, data={"kind": "image"}
+    ).json()
+    assert ok["width"] == 96 and ok["url"].endswith("/c.png")
+    assert client.get(ok["url"]).headers["content-type"] == "image/png"
+    bad = [
+        (("x.exe", b"MZ"), "image", "not an image file"),
+        (("x.png", b"\x89PNG\r\n"), "image", "not a readable image"),
+        (("x.wav", b""), "audio", "is empty"),
+        (("x.wav", b"RIFF0000WAVE"), "audio", "not a readable audio"),
+        (("big.wav", b"\0" * 300_000), "audio", "larger than"),
+        (("x.png", png_bytes()), "pdf", "unknown upload kind"),
+    ]
+    for file, kind, message in bad:
+        r = client.post("/api/upload", files={"file": file}, data={"kind": kind})
+        assert r.status_code == 400 and message in r.json()["detail"], (file[0], r.json())
+    long = video_file(tmp_path / "long.mp4", seconds=4.0)
+    r = client.post("/api/upload", files={"file": ("long.mp4", long.read_bytes())}, data={"kind": "video"})
+    assert r.status_code == 400 and "up to 3 s" in r.json()["detail"]
+    # nothing of a refused upload is kept
+    store = client.app.state.studio.files
+    assert len(list((store.root / "uploads").iterdir())) == 1
+
+
+def test_no_path_reaches_the_filesystem(client):
+    for url in ("/api/files/../../etc/passwd", "/api/files/nope/passwd", "/static/../server.py",
+                "/static/%2e%2e/server.py", "/api/waveform/..%2f..%2fetc%2fpasswd"):  # fmt: skip
+        r = client.get(url)
+        assert r.status_code in (400, 404), url
+        assert "root:" not in r.text
+    up = client.post("/api/upload", files={"file": ("v.wav", wav_bytes(1.0))}, data={"kind": "audio"}).json()
+    assert client.get(f"/api/files/{up['id']}/other.wav").status_code == 404  # id and name must match
+    r = client.post("/api/sara/start", json={"base": "/etc", "folder": "stripes (procedural)"})
+    assert r.status_code == 400 and "unknown base model" in r.json()["detail"]
+    r = client.post("/api/drawaudio/generate", json={"video": up["id"], "stages": [{"prompt": "x"}]})
+    assert r.status_code == 400 and "is an audio file; this needs video" in r.json()["detail"]
+
+
+def test_inside_resolves_symlinks(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    assert FileStore.inside(root / "a", [root]) and not FileStore.inside(root / "link", [root])
+
+
+def test_jobs_progress_cancel_and_one_per_kind():
+    import torch
+
+    jobs = JobManager()
+    layer = torch.nn.Linear(2, 2)
+    started = threading.Event()
+
+    def work(job):
+        with progress_hook(layer, job, 1000):
+            for _ in range(1000):
+                layer(torch.zeros(1, 2))
+                started.set()
+                time.sleep(0.001)
+        return {"ok": True}
+
+    job = jobs.start("x", work)
+    started.wait(5)
+    with pytest.raises(Busy):
+        jobs.start("x", work)
+    assert job.progress > 0 and job.message.startswith("step ")
+    jobs.cancel(job.id)
+    assert jobs.wait(job.id, 10).status == "cancelled" and job.result == {}
+    failing = jobs.wait(jobs.start("x", lambda j: 1 / 0).id, 10)
+    assert failing.status == "error" and "ZeroDivisionError" in failing.error
+    assert jobs.wait(jobs.start("x", lambda j: {"v": 1}).id, 10).result == {"v": 1}
+    j = Job("y")
+    j.check()
+    j.cancel_event.set()
+    with pytest.raises(Cancelled):
+        j.check()
+
+
+def test_store_refuses_unknown_ids(tmp_path):
+    store = FileStore(tmp_path)
+    with pytest.raises(UploadError, match="unknown file id"):
+        store.get("0123")
+
+
+def test_cli_binds_localhost_by_default(monkeypatch):
+    from typer.testing import CliRunner
+
+    from fourfold.studio import cli, server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda cfg, host, port: seen.update(host=host, port=port, cfg=cfg))
+    res = CliRunner().invoke(cli.app, ["--port", "7999"])
+    assert res.exit_code == 0, res.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["cfg"].models is None
+    res = CliRunner().invoke(cli.app, ["--models", "/definitely/not/here"])
+    assert res.exit_code != 0 and "not a folder" in res.output
