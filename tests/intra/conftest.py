@@ -44,7 +44,7 @@ def encoder_dirs(tmp_path_factory):
         )
     ).save_pretrained(image_dir)
     text_dir.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t in WORDS for w in t.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for t in WORDS for w in t.split()})]
     (text_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(vocab=str(text_dir / "vocab.txt")).save_pretrained(text_dir)
     BertModel(

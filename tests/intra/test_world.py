@@ -45,14 +45,16 @@ def test_relationship_is_same_part(world):
     for i, a in enumerate(labels):
         for j, b in enumerate(labels):
             assert bool(r[i, j]) == (AFFORDANCE_PART[a] == AFFORDANCE_PART[b])
-    rows = list(csv.DictReader(open(world / "relationship.csv")))
+    rows = list(csv.DictReader((world / "relationship.csv").read_text().splitlines()))
     assert len(rows) == len(labels) * (len(labels) - 1) // 2
 
 
 def test_cues_are_shared_across_part_groups():
     # hold/carry share the handle but get different cues; hold, cut_with, sip share cue 0
     assert cue_index("hold") != cue_index("carry")
-    assert cue_index("carry") == cue_index("cut_with") == cue_index("drink_with") == 0  # alphabetical in group
+    assert (
+        cue_index("carry") == cue_index("cut_with") == cue_index("drink_with") == 0
+    )  # alphabetical in group
     groups = {}
     for a, p in AFFORDANCE_PART.items():
         groups.setdefault(p, []).append(cue_index(a))

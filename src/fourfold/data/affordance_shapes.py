@@ -12,6 +12,8 @@ rim ...), so the relationship map "same part -> related" (INTRA §3.2's rule) is
   are chosen by the affordance's *index inside its part group*, reused across groups (hold, cut_with,
   sip... share cue 0): the cue then says nothing about the part, but it is the only thing that separates
   hold from carry when related labels are treated as negatives (R = I), which is the paper's premise.
+  A second hand touches another, random part of the object, so the hand alone does not give the part
+  away: only the label text, consistent across images of one interaction, does.
 - Egocentric test image: the object alone in a new pose; the GT of an affordance is the target part's
   mask blurred with a Gaussian (σ = 3% of the side), saved 0-255 like AGD20K.
 - Seen: train and test on the five base objects. Unseen: test on held-out objects (cleaver, cup).
@@ -192,6 +194,7 @@ class WorldConfig:
     ego_per_object: int = 8  # egocentric test images per object (each scored for all its affordances)
     object_scale: tuple[float, float] = (0.26, 0.4)  # object half-size as a share of the side
     gt_sigma: float = 0.03  # GT blur σ as a share of the side
+    distractor_hand_p: float = 1.0  # probability of a second hand on a non-target part
 
 
 # Each object's tint, mixed into every one of its parts (with its stripes) so that any part of an object
@@ -303,12 +306,18 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def exocentric_image(rng: random.Random, cfg: WorldConfig, affordance: str, obj: str) -> np.ndarray:
+    distractor_p = cfg.distractor_hand_p
     canvas = _background(rng, cfg.size)
     masks = render_object(canvas, obj, _pose(rng, cfg.size, cfg.object_scale))
     cue = cue_index(affordance)
     whole = np.any(np.stack(list(masks.values())), axis=0)
     _context(canvas, rng, cue, whole, count=rng.randint(2, 4))
     _actor(canvas, rng, cue, masks[AFFORDANCE_PART[affordance]])
+    # A second hand on another part of the object: without it "look where the hand is" solves the
+    # contrastive task with a text-independent map, which finds nothing on egocentric (hand-free) images.
+    others = [p for p in masks if p != AFFORDANCE_PART[affordance] and masks[p].any()]
+    if others and rng.random() < distractor_p:
+        _actor(canvas, rng, cue, masks[rng.choice(others)])
     return canvas
 
 

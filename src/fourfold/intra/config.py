@@ -36,6 +36,10 @@ class IntraConfig:
     fusion_heads: int = _help("fusion attention heads (supp. B.1: 4)", 4)
     fusion_ffn: int = _help("fusion feed-forward width (ours: 2048)", 2048)
     dropout: float = _help("fusion dropout (ours: 0.1)", 0.1)
+    fusion_norm_first: bool = _help(
+        "pre-norm fusion layers (ours); False = post-norm, where the text token's scale can win attention",
+        True,
+    )
     head_hidden: int = _help("map head conv3x3 width (ours: 256; the paper says 2 conv layers)", 256)
     proj_layers: int = _help("projection MLP layers (Tab. S5: 3)", 3)
     proj_dim: int = _help("projection output width (Tab. S5: 128)", 128)

@@ -201,7 +201,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
                 rows,
                 note="Seen: train objects in new poses; Unseen: held-out objects (cleaver, cup).",
             )
-        ],  # fmt: skip
+        ],
         figures=[
             Media("overlays.png", "INTRA heatmaps (jet) on egocentric test images, one row per object"),
             Media("overlays_no_r.png", "The same with R = I (plain SupCon)"),

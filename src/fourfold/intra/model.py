@@ -102,10 +102,11 @@ class IntraModel(PretrainedModel):
             config.dropout,
             activation="gelu",
             batch_first=True,
-            norm_first=True,
+            norm_first=config.fusion_norm_first,
         )
+        final_norm = nn.LayerNorm(d) if config.fusion_norm_first else None  # post-norm layers end normalised
         self.fusion = nn.TransformerEncoder(
-            layer, config.fusion_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+            layer, config.fusion_layers, norm=final_norm, enable_nested_tensor=False
         )
         self.head = nn.Sequential(
             nn.Conv2d(d, config.head_hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(config.head_hidden, 1, 1)
