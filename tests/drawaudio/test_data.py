@@ -88,3 +88,19 @@ def test_vggsound_reader_errors(tmp_path):
     (tmp_path / "captions.jsonl").write_text("{broken\n")
     with pytest.raises(ClipFolderError, match=r"captions\.jsonl:1"):
         VGGSoundClips(tmp_path)
+
+
+def test_vggsound_silent_audio_is_an_error(tmp_path):
+    import soundfile as sf
+
+    from fourfold.audio.io import AudioError
+
+    (tmp_path / "video").mkdir()
+    (tmp_path / "audio").mkdir()
+    write_clip(make_clip(2), tmp_path / "video", "qq_000001")
+    sf.write(tmp_path / "audio" / "qq_000001.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "vggsound.csv").write_text("qq,1,drums,test\n")
+    ds = VGGSoundClips(tmp_path)
+    assert len(ds) == 1 and ds.fallback_captions == 1
+    with pytest.raises(AudioError, match="silent"):
+        ds[0]

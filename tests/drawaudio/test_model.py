@@ -32,6 +32,7 @@ def _plain_unet(base_dir):
 def test_zero_video_tokens_give_the_base_model(make_model, base_dir):
     model = make_model(base_dir)
     x, t, text, frames, times = _inputs(model)
+    torch.nn.init.normal_(model.time_position)  # a trained time-position map must not leak into "no video"
     ref = _plain_unet(base_dir)(x, t, encoder_hidden_states=text).sample
     zero = model(x, t, text, video_tokens=torch.zeros(2, 2 * len(times), 32))
     assert torch.equal(zero, ref)
@@ -121,6 +122,7 @@ def test_training_freezes_base_and_checkpoint_holds_only_adapter(make_model, bas
     assert all(torch.equal(after[k], v) for k, v in base_before.items())
     changed = [k for k, v in model.adapter_state_dict().items() if not torch.equal(v, adapter_before[k])]
     assert any(".processor.to_k_extra" in k for k in changed) and any(k.startswith("tlm.") for k in changed)
+    assert "time_position" in changed
     assert any(k.startswith("video_tokenizer.") for k in changed) and any(
         k.startswith("frame_encoder.") for k in changed
     )
@@ -144,9 +146,9 @@ def test_bad_checkpoints_name_the_problem(make_model, base_dir, tmp_path):
     model.save_adapter(tmp_path / "a")
     path = tmp_path / "a" / ADAPTER_WEIGHTS
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="adapter.safetensors"):
+    with pytest.raises(CheckpointError, match=r"adapter\.safetensors"):
         model.load_adapter(tmp_path / "a")
-    with pytest.raises(CheckpointError, match="drawaudio_config.json"):
+    with pytest.raises(CheckpointError, match=r"drawaudio_config\.json"):
         DrawAudioModel.from_pretrained(tmp_path / "nothing", base_dir)
 
 

@@ -44,7 +44,7 @@ def test_pipeline_end_to_end_and_mux(make_model, base_dir, clip_mp4, tmp_path):
     assert out.audio.shape == (2, pipe.cfg.num_samples) and np.isfinite(out.audio).all()
     assert out.loudness_used.shape == (pipe.cfg.loudness_frames,) and out.mask_used.shape[0] == 32
     written = out.save(tmp_path / "o.wav", mux_video=tmp_path / "o.mp4")
-    frames, fps, audio, sr = read_video(written["mp4"])
+    frames, _, audio, sr = read_video(written["mp4"])
     assert len(frames) == len(clip.video) and audio is not None and sr == 16000
     assert abs(len(audio) - out.audio.shape[1]) < 2048  # cut to the video length
     again = pipe(paths["mp4"], "a red ball bounces", mask=MaskInput.box([0, 0, 0.5, 1]), loudness=[0.1, 0.9, 0.3],
@@ -125,7 +125,7 @@ def test_bad_inputs_name_the_problem(make_model, base_dir, clip_mp4, tmp_path):
     pipe = DrawAudioPipeline(make_model(base_dir))
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
-    with pytest.raises(VideoError, match="broken.mp4"):
+    with pytest.raises(VideoError, match=r"broken\.mp4"):
         pipe(bad, "x")
     with pytest.raises(MaskError, match="does not match the video frame size"):
         pipe(paths["mp4"], "x", mask=np.ones((10, 10)))

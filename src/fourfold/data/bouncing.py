@@ -18,6 +18,7 @@ bool; ``boxes`` (objects, frames, 4) normalised ``[x0, y0, x1, y1]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -181,12 +182,17 @@ def _place(out: np.ndarray, sound: np.ndarray, t: float, sr: int, gain: float) -
 # pictures
 
 
+@functools.lru_cache(maxsize=4)
+def _pixel_centres(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return yy + 0.5, xx + 0.5
+
+
 def _draw(frame: np.ndarray, kind: ObjectKind, cx: float, cy: float, size: int) -> tuple[int, int, int, int]:
     """Draw one object centred at (cx, cy) pixels; return its integer box (x0, y0, x1, y1), x1/y1 exclusive."""
     h, w, _ = frame.shape
     r = size / 2
-    yy, xx = np.mgrid[0:h, 0:w]
-    px, py = xx + 0.5, yy + 0.5
+    py, px = _pixel_centres(h, w)
     if kind.shape == "circle":
         inside = (px - cx) ** 2 + (py - cy) ** 2 <= r**2
     elif kind.shape == "square":

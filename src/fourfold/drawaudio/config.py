@@ -90,6 +90,10 @@ class MAMConfig:
     video_scale: float = 1.0  # lambda_v, weight of the video attention (ours, IP-Adapter's scale)
     token_keep_fraction: float = 0.5  # tokens mode: keep a patch iff the mask covers >= this fraction
     train_mask_prob: float = 0.5  # training: use a detected/object mask with this probability (ours)
+    # (ours) a learned, zero-initialised time-position map added after conv_in only for samples with video,
+    # so the frozen UNet's queries know their time and can align with the time-embedded video tokens;
+    # zero video tokens still give exactly the base model
+    time_position: bool = True
 
     def __post_init__(self) -> None:
         _check_in("mam.mode", self.mode, MAM_MODES)

@@ -106,6 +106,10 @@ class DrawAudioModel(nn.Module):
                 base.unet.conv_in.out_channels if cfg.tlm.inject == "conv_in" else cfg.base.latent_channels
             )
             self.tlm = TLMEncoder(channels, cfg.tlm.hidden, cfg.tlm.kernel_size, cfg.tlm.scale)
+        self.time_position = None
+        if cfg.mam.time_position:
+            c_in = base.unet.conv_in.out_channels
+            self.time_position = nn.Parameter(torch.zeros(c_in, 1, cfg.loudness_frames))
         self.set_param_policy(cfg.train.param_policy)
 
     # parameters
@@ -124,12 +128,13 @@ class DrawAudioModel(nn.Module):
         return isinstance(self.frame_encoder, TinyFrameCNN)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the adapter: W'_k/W'_v (``unet.*.processor.*``), video tokenizer, TLM, tiny frame encoder."""
+        """Only the adapter: W'_k/W'_v (``unet.*.processor.*``), video tokenizer, time-position map, TLM, tiny frame encoder."""
         state = {}
         for k, v in self.state_dict().items():
             if (
                 (k.startswith("unet.") and ".processor." in k)
                 or k.startswith(("video_tokenizer.", "tlm."))
+                or k == "time_position"
                 or (k.startswith("frame_encoder.") and self._trainable_encoder())
             ):
                 state[k] = v
@@ -137,6 +142,8 @@ class DrawAudioModel(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         params = list(self.video_params) + list(self.video_tokenizer.parameters())
+        if self.time_position is not None:
+            params.append(self.time_position)
         if self.tlm is not None:
             params += list(self.tlm.parameters())
         if self._trainable_encoder():
@@ -244,12 +251,17 @@ class DrawAudioModel(nn.Module):
         """
         if batch is not None:
             return self.loss(batch)
-        residual = self.tlm_residual(loudness, loudness_keep)
+        residual = self.tlm_residual(loudness, loudness_keep)  # (B, C, 1, T') or None
+        if residual is not None and self.cfg.tlm.inject == "latent":
+            x, residual = x + residual.to(x.dtype), None
         kwargs = {}
         if video_tokens is not None:
             kwargs = {"extra_tokens": video_tokens.to(x.dtype), "extra_mask": video_mask}
-        if residual is not None and self.cfg.tlm.inject == "latent":
-            x, residual = x + residual.to(x.dtype), None
+            if self.time_position is not None:
+                # only samples that have video (non-zero tokens) get the time-position map
+                has_video = (video_tokens.detach().abs().amax(dim=(1, 2)) > 0).to(x.dtype)
+                pos = has_video[:, None, None, None] * self.time_position[None]
+                residual = pos if residual is None else residual + pos
         with inject_conv_in(self.unet, residual):
             return self.unet(
                 x, t, encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=kwargs
