@@ -297,20 +297,33 @@ def stft(padded: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     )
 
 
-def istft(spec: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """Sum frames ``(batch, n, T)`` placed every ``hop`` samples -> ``(batch, (T - 1)·hop + n)``."""
+    n, count = frames.shape[1:]
+    length = (count - 1) * hop + n
+    return F.fold(frames, output_size=(1, length), kernel_size=(1, n), stride=(1, hop))[:, 0, 0]
+
+
+def _overlap_envelope(
+    cfg: MelConfig, num_frames: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Σ_k window²(n − k·hop): the normaliser of weighted overlap-add, ``((frames - 1)·hop + n_fft,)``."""
+    window_sq = _cached("window", cfg, device, dtype).square()
+    return _overlap_add(repeat(window_sq, "n -> 1 n t", t=num_frames), cfg.hop_length)[0]
+
+
+def istft(spec: torch.Tensor, cfg: MelConfig, envelope: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted overlap-add inverse of :func:`stft` in the padded domain.
 
     ``(batch, n_freqs, frames)`` complex -> ``(batch, (frames - 1)·hop + n_fft)``. Written with ``fold``
     because ``torch.istft(center=False)`` rejects windows whose envelope is zero at the edges.
+    ``envelope`` (from :func:`_overlap_envelope`) may be passed in to reuse it across calls.
     """
     window = _cached("window", cfg, spec.device, spec.real.dtype)
     frames = torch.fft.irfft(spec, n=cfg.n_fft, dim=1) * window[None, :, None]  # (b, n_fft, t)
-    length = (spec.shape[-1] - 1) * cfg.hop_length + cfg.n_fft
-    fold = functools.partial(
-        F.fold, output_size=(1, length), kernel_size=(1, cfg.n_fft), stride=(1, cfg.hop_length)
-    )
-    signal = fold(frames)[:, 0, 0]
-    envelope = fold(repeat(window.square(), "n -> 1 n t", t=spec.shape[-1]))[:, 0, 0]
+    signal = _overlap_add(frames, cfg.hop_length)
+    if envelope is None:
+        envelope = _overlap_envelope(cfg, spec.shape[-1], spec.device, signal.dtype)
     return torch.where(envelope > 1e-8, signal / envelope.clamp_min(1e-8), torch.zeros_like(signal))
 
 
@@ -420,12 +433,13 @@ def griffin_lim(
     phase = torch.rand(magnitude.shape, generator=gen).to(magnitude.device) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(magnitude), phase)
     previous = torch.zeros_like(angles)
+    envelope = _overlap_envelope(cfg, magnitude.shape[-1], magnitude.device, magnitude.dtype)
     for _ in range(n_iter):
-        rebuilt = stft(istft(magnitude * angles, cfg), cfg)
+        rebuilt = stft(istft(magnitude * angles, cfg, envelope), cfg)
         angles = rebuilt - previous * (momentum / (1.0 + momentum))
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
-    signal = istft(magnitude * angles, cfg)
+    signal = istft(magnitude * angles, cfg, envelope)
     frames = mel.shape[-1]
     wav = signal[:, cfg.pad_left : cfg.pad_left + frames * cfg.hop_length]
     if length is not None:
