@@ -157,3 +157,37 @@ def test_finetune_rejects_bad_input(sd_dirs, tmp_path):
     res = CliRunner().invoke(app, ["finetune", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o"),
                                    "--threshold", "1e-3", "--fraction", "0.1"])  # fmt: skip
     assert res.exit_code != 0
+
+
+def test_eval_clip_score_fd_and_vlhi(tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok, vocab_size = _tokenizer(tmp_path)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config={"vocab_size": vocab_size, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": MAX_LEN, "bos_token_id": vocab_size - 2,
+                     "eos_token_id": vocab_size - 1, "pad_token_id": vocab_size - 1},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 16, "patch_size": 8},
+        projection_dim=8,
+    )  # fmt: skip
+    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+                         tokenizer=tok)  # fmt: skip
+    proc.save_pretrained(tmp_path / "clip")
+    imgs = build_style_folder(tmp_path / "imgs", n=2)
+    (tmp_path / "p.txt").write_text("a cat\na dog\n")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.normal(size=(50, 3)))
+    np.save(tmp_path / "b.npy", rng.normal(size=(50, 3)) + 1.0)
+    (tmp_path / "rows.json").write_text(
+        json.dumps({"x": {"fid": 1.0, "clip": 0.0}, "y": {"fid": 2.0, "clip": 1.0}})
+    )
+    res = CliRunner().invoke(app, ["eval", "--images", str(imgs), "--prompts", str(tmp_path / "p.txt"), "--clip",
+                                   str(tmp_path / "clip"), "--features", str(tmp_path / "a.npy"), "--ref-features",
+                                   str(tmp_path / "b.npy"), "--rows", str(tmp_path / "rows.json")], catch_exceptions=False)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{\n") :])
+    assert -100.0 <= out["clip_score"] <= 100.0
+    assert out["fd"] > 1.0 and out["vlhi"] == {"x": 1.0, "y": 1.0}

@@ -169,17 +169,49 @@ def inspect(
 @app.command("eval")
 def evaluate(
     rows: Annotated[
-        Path, typer.Option(help='JSON: {"name": {"fid": float, "clip": float}, ...} of one group')
-    ],
+        Path | None, typer.Option(help='JSON {"name": {"fid": f, "clip": c}} of one group → VLHI')
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="generated images (sorted names align with --prompts)")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="prompt file, one per line, for the CLIP score")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="prepended to each prompt for the CLIP score")] = "",
+    clip: Annotated[
+        Path | None, typer.Option(help="local CLIP model directory (ViT-L/14 in the paper)")
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option(help=".npy features of generated images (for FD/FID)")
+    ] = None,
+    ref_features: Annotated[Path | None, typer.Option(help=".npy features of the reference set")] = None,
 ) -> None:
-    """VLHI (Eq. 8) over a group of (FID, CLIP score) rows."""
-    from fourfold.metrics.vlhi import vlhi_scores
+    """CLIP score of an image folder, FD between feature files, and VLHI (Eq. 8) over a group of rows."""
+    _offline()
+    if rows is None and images is None and features is None:
+        raise typer.BadParameter("give --rows, --images/--prompts/--clip, or --features/--ref-features")
+    out: dict = {}
+    if images is not None:
+        from fourfold.sara.evaluate import clip_score, list_images
 
-    data = json.loads(rows.read_text())
-    names = list(data)
-    scores = vlhi_scores([data[n]["fid"] for n in names], [data[n]["clip"] for n in names])
-    for n, s in zip(names, scores, strict=True):
-        typer.echo(f"{n:<30} FID {data[n]['fid']:8.2f}  CLIP {data[n]['clip']:6.2f}  VLHI {s:.2f}")
+        if prompts is None or clip is None:
+            raise typer.BadParameter("--images needs --prompts and --clip")
+        texts = [prefix + ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
+        out["clip_score"] = clip_score(list_images(images), texts, clip)
+    if features is not None:
+        from fourfold.sara.evaluate import feature_fd
+
+        if ref_features is None:
+            raise typer.BadParameter("--features needs --ref-features")
+        out["fd"] = feature_fd(features, ref_features)
+    if rows is not None:
+        from fourfold.metrics.vlhi import vlhi_scores
+
+        data = json.loads(rows.read_text())
+        names = list(data)
+        scores = vlhi_scores([data[n]["fid"] for n in names], [data[n]["clip"] for n in names])
+        out["vlhi"] = dict(zip(names, scores, strict=True))
+    typer.echo(json.dumps(out, indent=2))
 
 
 @app.command()
