@@ -118,3 +118,31 @@ def test_cli_binds_localhost_by_default(monkeypatch):
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["cfg"].models is None
     res = CliRunner().invoke(cli.app, ["--models", "/definitely/not/here"])
     assert res.exit_code != 0 and "not a folder" in res.output
+
+
+def test_user_checkpoints_replace_the_tiny_models(tmp_path):
+    """--models DIR with intra/ and songcreator/ checkpoints: the pages run them and say so."""
+    from fourfold.intra.model import IntraModel
+    from fourfold.studio.models import StudioModels
+
+    scratch = StudioModels(None, tmp_path / "scratch")
+    tiny_intra = scratch.get("intra")[0].model
+    models = tmp_path / "models"
+    tiny_intra.save_pretrained(models / "intra")
+    scratch._build_tiny_songcreator(models / "songcreator")
+
+    app = create_app(StudioConfig(models=models, work=tmp_path / "work"))
+    client = TestClient(app)
+    for system in ("intra", "songcreator"):
+        info = client.get(f"/api/info/{system}").json()
+        assert info == {"system": system, "source": str(models / system), "trained": True, "label": ""}
+    grounder = app.state.studio.models.get("intra")[0]
+    assert isinstance(grounder.model, IntraModel)
+    for a, b in zip(grounder.model.state_dict().values(), tiny_intra.state_dict().values(), strict=True):
+        assert (a == b).all()
+    assert client.get("/api/info/nosuch").status_code == 404
+    # a per-system path overrides --models
+    other = StudioModels(models, tmp_path / "work2", paths={"songcreator": models / "songcreator"})
+    assert other.get("songcreator")[1].source == str(models / "songcreator")
+    with pytest.raises(FileNotFoundError, match="intra checkpoint folder not found"):
+        StudioModels(None, tmp_path / "work3", paths={"intra": tmp_path / "missing"}).get("intra")

@@ -25,6 +25,14 @@ def studio(
             "a system without one runs a tiny untrained model"
         ),
     ] = None,
+    drawaudio: Annotated[
+        Path | None,
+        typer.Option(help="Draw an Audio adapter checkpoint (or base) folder; overrides --models"),
+    ] = None,
+    intra: Annotated[Path | None, typer.Option(help="INTRA run folder; overrides --models")] = None,
+    songcreator: Annotated[
+        Path | None, typer.Option(help="SongCreator pipeline folder (pipeline.json); overrides --models")
+    ] = None,
     data: Annotated[
         list[Path] | None,
         typer.Option(help="image folder (or a parent of several) SaRA may train on; repeatable"),
@@ -47,11 +55,20 @@ def studio(
     from fourfold.studio.files import UploadLimits
     from fourfold.studio.server import StudioConfig, serve
 
-    for p in [models, *(data or [])]:
+    for p in [models, drawaudio, intra, songcreator, *(data or [])]:
         if p is not None and not p.is_dir():
             raise typer.BadParameter(f"not a folder: {p}")
-    cfg = StudioConfig(models=models, data=list(data or []), work=work, max_threads=threads,
-                       limits=UploadLimits(max_video_seconds=max_video_seconds))  # fmt: skip
+    paths = {
+        k: v for k, v in {"drawaudio": drawaudio, "intra": intra, "songcreator": songcreator}.items() if v
+    }
+    cfg = StudioConfig(
+        models=models,
+        paths=paths,
+        data=list(data or []),
+        work=work,
+        max_threads=threads,
+        limits=UploadLimits(max_video_seconds=max_video_seconds),
+    )
     serve(cfg, host=host, port=port)
 
 

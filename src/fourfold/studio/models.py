@@ -62,14 +62,22 @@ class ModelInfo:
 class StudioModels:
     """Loads each system once, on first use (thread-safe), from ``models_dir`` or as a tiny random model."""
 
-    def __init__(self, models_dir: Path | None, work: Path, seed: int = 0) -> None:
+    def __init__(
+        self, models_dir: Path | None, work: Path, seed: int = 0, paths: dict[str, Path] | None = None
+    ) -> None:
         self.models_dir = None if models_dir is None else Path(models_dir).resolve()
+        self.paths = {k: Path(v).resolve() for k, v in (paths or {}).items() if v is not None}
         self.work = Path(work) / "models"
         self.work.mkdir(parents=True, exist_ok=True)
         self.seed = seed
         self._cache: dict[str, tuple[object, ModelInfo]] = {}
 
     def _user_dir(self, name: str) -> Path | None:
+        """``--<system> DIR`` if given, else ``--models DIR``/<system> if it exists."""
+        if name in self.paths:
+            if not self.paths[name].is_dir():
+                raise FileNotFoundError(f"{name} checkpoint folder not found: {self.paths[name]}")
+            return self.paths[name]
         if self.models_dir is None:
             return None
         d = self.models_dir / name

@@ -30,6 +30,7 @@ STATIC = Path(__file__).parent / "static"
 @dataclass
 class StudioConfig:
     models: Path | None = None  # --models DIR (see fourfold.studio.models)
+    paths: dict[str, Path] = field(default_factory=dict)  # per-system checkpoint folders (override --models)
     data: list[Path] = field(default_factory=list)  # image folders (or their parents) SaRA may train on
     work: Path | None = None  # uploads/outputs/tiny models; a temp folder when None
     limits: UploadLimits = field(default_factory=UploadLimits)
@@ -44,7 +45,7 @@ class Studio:
         self.work = Path(cfg.work or tempfile.mkdtemp(prefix="fourfold-studio-")).resolve()
         self.files = FileStore(self.work / "files", cfg.limits)
         self.jobs = JobManager()
-        self.models = StudioModels(cfg.models, self.work)
+        self.models = StudioModels(cfg.models, self.work, paths=cfg.paths)
         self.data_roots = [Path(p).resolve() for p in cfg.data]
 
 
