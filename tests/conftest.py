@@ -11,7 +11,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist already runs one worker per core; more threads per worker make OpenMP spin-wait on shared cores
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
