@@ -205,13 +205,15 @@ class Trainer:
 
     # data
 
-    def _loader(self, batches: list[list[int]] | None, epoch: int) -> DataLoader:
+    def _loader(
+        self, batches: list[list[int]] | None, epoch: int, batch_size: int | None = None
+    ) -> DataLoader:
         # A dedicated generator keeps DataLoader from drawing on the global RNG (which resume restores).
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         if batches is None:
             return DataLoader(
                 self.train_data,
-                batch_size=self.config.batch_size,
+                batch_size=batch_size or self.config.batch_size,
                 collate_fn=self.collate_fn,
                 num_workers=self.config.num_workers,
                 generator=generator,
@@ -235,15 +237,21 @@ class Trainer:
         bs, local = self.config.batch_size, self.config.batch_size // self.world_size
         lo, hi = self.rank * local, (self.rank + 1) * local
         if isinstance(self.train_data, IterableDataset):
+            # A dataset that shards by rank itself (``splits_by_rank = True`` and ``set_rank``) yields only
+            # this process's rows, batched locally; any other stream is read whole and sliced per rank.
+            own_split = bool(getattr(self.train_data, "splits_by_rank", False))
+            if own_split:
+                self.train_data.set_rank(self.rank, self.world_size)
             consumed, epoch = 0, 0
             while True:
                 if hasattr(self.train_data, "set_epoch"):
                     self.train_data.set_epoch(epoch)
                 produced = False
-                for batch in self._loader(None, epoch):
+                for batch in self._loader(None, epoch, batch_size=local if own_split else bs):
                     produced = True
                     if consumed >= start:
-                        yield _to_device(_slice_batch(batch, lo, hi), self.accelerator.device)
+                        rows = batch if own_split else _slice_batch(batch, lo, hi)
+                        yield _to_device(rows, self.accelerator.device)
                     consumed += 1
                 if not produced:
                     raise ValueError("the training IterableDataset yielded no batch")
