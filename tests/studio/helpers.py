@@ -118,13 +118,15 @@ def png_bytes(size: int = 96) -> bytes:
     return buf.getvalue()
 
 
-def video_file(path: Path, seconds: float, fps: float = 10.0, size: int = 32) -> Path:
+def video_file(
+    path: Path, seconds: float, fps: float = 10.0, size: int = 32, width: int | None = None
+) -> Path:
     from fourfold.audio import io as aio
 
-    n = int(seconds * fps)
-    frames = np.zeros((n, size, size, 3), dtype=np.uint8)
+    n, width = int(seconds * fps), width or size
+    frames = np.zeros((n, size, width, 3), dtype=np.uint8)
     for i in range(n):
-        frames[i, :, (i * 2) % size] = 255
+        frames[i, :, (i * 2) % width] = 255
     return aio.write_video(path, frames, fps)
 
 

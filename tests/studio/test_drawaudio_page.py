@@ -115,11 +115,21 @@ def test_bad_uploads_show_a_message(page, tmp_path):
     page.wait_for_function(
         "() => document.querySelector('#drawaudio-error').textContent.includes('up to 5 s')"
     )
-    short = video_file(tmp_path / "short.mp4", seconds=2.0)
-    page.set_input_files("#da-upload", str(short))
+    wide = video_file(tmp_path / "wide.mp4", seconds=2.0, size=32, width=48)
+    page.set_input_files("#da-upload", str(wide))
     page.wait_for_function("() => document.querySelector('#da-bundled').value.startsWith('u')")
     assert page.inner_text("#drawaudio-error") == ""
     assert int(page.get_attribute("#da-scrub", "max")) == 19
+    # the frame view keeps the video's 3:2 aspect ratio, boxes stay normalised, keyframes can be deleted
+    assert page.eval_on_selector("#da-mask", "c => [c.width, c.height]") == [320, 213]
+    drag(page, "#da-mask", [(0.5, 0.5), (1.0, 1.0)])
+    page.locator("#da-scrub").fill("10")
+    drag(page, "#da-mask", [(0.0, 0.0), (0.5, 0.5)])
+    frames = page.evaluate("() => da.mask.maskJson().frames")
+    assert [f["t"] for f in frames] == [0, 1.0]
+    assert all(abs(a - b) < 0.01 for a, b in zip(frames[0]["boxes"][0], [0.5, 0.5, 1.0, 1.0], strict=True))
+    page.click("#da-del-key")
+    assert page.evaluate("() => da.mask.maskJson().frames.length") == 1
     page.set_input_files(
         "#da-ref-upload", files=[{"name": "ref.wav", "mimeType": "audio/wav", "buffer": b"RIFF1234"}]
     )

@@ -146,3 +146,53 @@ def test_user_checkpoints_replace_the_tiny_models(tmp_path):
     assert other.get("songcreator")[1].source == str(models / "songcreator")
     with pytest.raises(FileNotFoundError, match="intra checkpoint folder not found"):
         StudioModels(None, tmp_path / "work3", paths={"intra": tmp_path / "missing"}).get("intra")
+
+
+def _brush_png(w, h, box):
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle(box, fill=(255, 255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_stage_mask_is_the_union_of_moving_boxes_and_brush():
+    import numpy as np
+
+    from fourfold.studio.pages.drawaudio import StageIn, stage_mask
+
+    keys = {
+        "frames": [
+            {"t": 0.0, "boxes": [[0.0, 0.0, 0.25, 0.25]]},
+            {"t": 1.0, "boxes": [[0.75, 0.0, 1.0, 0.25]]},
+        ]
+    }
+    brush = _brush_png(160, 160, (0, 120, 159, 159))  # bottom quarter, drawn at display size
+    only_boxes = stage_mask(StageIn(mask=keys), 11, 16, 16, 10.0)
+    assert only_boxes.bitmap is None and len(only_boxes.keyframes) == 2
+    only_brush = stage_mask(StageIn(brush=brush), 11, 16, 16, 10.0)
+    assert (
+        only_brush.bitmap.shape == (16, 16)
+        and only_brush.bitmap[12:].all()
+        and not only_brush.bitmap[:12].any()
+    )
+    both = stage_mask(StageIn(mask=keys, brush=brush), 11, 16, 16, 10.0).bitmap
+    assert both.shape == (11, 16, 16)
+    assert both[0, :4, :4].all() and not both[0, :4, 12:].any()  # the box starts top-left...
+    assert both[10, :4, 12:].all() and not both[10, :4, :4].any()  # ...and ends top-right
+    assert both[:, 12:].all()  # the brush holds in every frame
+    assert np.array_equal(both[5, :4, 6:10], np.ones((4, 4)))  # halfway: interpolated
+    with pytest.raises(ValueError, match="use the brush or the boxes alone"):
+        stage_mask(StageIn(mask=keys, brush=brush), 1000, 1080, 1920, 25.0)
+
+
+def test_large_video_refused_from_its_header(tmp_path):
+    store = FileStore(tmp_path / "s", UploadLimits(max_video_megapixels=0.05))
+    data = video_file(tmp_path / "v.mp4", seconds=2.0, size=64).read_bytes()
+    with pytest.raises(UploadError, match="Mpx decoded"):
+        store.save_upload("v.mp4", iter([data]), "video")

@@ -44,6 +44,7 @@ class UploadLimits:
     max_video_seconds: float = 30.0
     max_audio_seconds: float = 120.0
     max_image_pixels: int = 4096 * 4096
+    max_video_megapixels: float = 250.0  # frames x height x width once decoded (RGB: 3 bytes per pixel)
 
 
 @dataclass
@@ -146,9 +147,37 @@ class FileStore:
             raise
         return self.add(path, kind, name=name, size=size, media=kind, **info)
 
+    def _probe_video(self, path: Path, name: str) -> None:
+        """Refuse a too long or too large video from its header, before decoding every frame."""
+        import av
+
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise UploadError(f"{name!r} has no video stream")
+                stream = container.streams.video[0]
+                seconds = float(container.duration or 0) / 1e6  # 0 when the header does not say
+                fps = float(stream.average_rate or stream.guessed_rate or 0)
+                w, h = stream.codec_context.width, stream.codec_context.height
+        except UploadError:
+            raise
+        except Exception as err:
+            raise UploadError(f"{name!r} is not a readable video: {_hide(err, path)}") from err
+        if seconds > self.limits.max_video_seconds + 0.5:
+            raise UploadError(
+                f"{name!r} is {seconds:.1f} s long; the studio takes videos up to {self.limits.max_video_seconds:g} s"
+            )
+        megapixels = seconds * fps * w * h / 1e6
+        if megapixels > self.limits.max_video_megapixels:
+            raise UploadError(
+                f"{name!r} is {w}x{h} at {fps:.0f} fps for {seconds:.1f} s ({megapixels:.0f} Mpx decoded); the studio "
+                f"takes up to {self.limits.max_video_megapixels:g} Mpx: downscale it or cut it shorter"
+            )
+
     def _check_video(self, path: Path, name: str) -> dict:
         from fourfold.audio import io as aio
 
+        self._probe_video(path, name)
         try:
             frames, fps, _, _ = aio.read_video(path, with_audio=False)
         except Exception as err:

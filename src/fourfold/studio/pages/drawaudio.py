@@ -21,7 +21,9 @@ from pydantic import BaseModel, Field
 from fourfold.studio.jobs import Job, progress_hook
 from fourfold.studio.plots import save_mel_png
 
-BUNDLED_SEEDS = (3, 11)  # two BounceFoley clips (fourfold.data.bouncing), written at first use
+BUNDLED_SEEDS = (3, 11)
+DISPLAY_SIDE = 320  # frames served for scrubbing are at most this many pixels on a side
+MAX_UNION_PIXELS = 60_000_000  # brush + boxes become one float32 bitmap per frame: cap it at 240 MB  # two BounceFoley clips (fourfold.data.bouncing), written at first use
 
 
 class StageIn(BaseModel):
@@ -49,7 +51,7 @@ class CurveIn(BaseModel):
 
 
 class _Frames:
-    """A small LRU of decoded videos for scrubbing."""
+    """A small LRU of decoded videos for scrubbing, at display size."""
 
     def __init__(self, size: int = 4) -> None:
         self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
@@ -62,6 +64,12 @@ class _Frames:
                 self._d.move_to_end(path)
                 return self._d[path]
         frames = aio.read_video(path, with_audio=False)[0]
+        h, w = frames.shape[1:3]
+        if max(h, w) > DISPLAY_SIDE:  # keep only what the page shows: the cache stays small
+            from PIL import Image
+
+            size = (max(1, round(w * DISPLAY_SIDE / max(h, w))), max(1, round(h * DISPLAY_SIDE / max(h, w))))
+            frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames])
         with self._lock:
             self._d[path] = frames
             while len(self._d) > self.size:
@@ -84,20 +92,24 @@ def brush_bitmap(data_url: str, height: int, width: int) -> np.ndarray:
     return (np.asarray(alpha) > 0).astype(np.float32)
 
 
-def stage_mask(stage: StageIn, frames: np.ndarray, fps: float):
+def stage_mask(stage: StageIn, n_frames: int, h: int, w: int, fps: float):
     """Boxes (keyframed) and/or brush -> a MaskInput (keyframes alone) or a per-frame bitmap (union)."""
     from fourfold.drawaudio.masks import MaskInput
 
     boxes = MaskInput.from_dict(stage.mask, "mask") if stage.mask and stage.mask.get("frames") else None
     if stage.brush is None:
         return boxes
-    h, w = frames.shape[1:3]
-    bitmap = np.broadcast_to(brush_bitmap(stage.brush, h, w), (len(frames), h, w)).copy()
-    if boxes is not None:
-        times = np.arange(len(frames)) / fps
-        bitmap = np.maximum(bitmap, boxes.render(times, h, w))
-    if not bitmap.any():
-        return boxes
+    brush = brush_bitmap(stage.brush, h, w)
+    if boxes is None:
+        return MaskInput.from_array(brush) if brush.any() else None
+    if n_frames * h * w > MAX_UNION_PIXELS:
+        raise ValueError(
+            f"a brush together with boxes needs a per-frame mask of {n_frames}x{h}x{w} pixels; "
+            "use the brush or the boxes alone on a video this large, or a shorter/smaller clip"
+        )
+    bitmap = np.maximum(
+        np.broadcast_to(brush, (n_frames, h, w)), boxes.render(np.arange(n_frames) / fps, h, w)
+    )
     return MaskInput.from_array(bitmap)
 
 
@@ -169,12 +181,11 @@ def router(studio):
         if req.cfg not in ("dual", "joint"):
             raise ValueError(f"cfg must be 'dual' or 'joint', got {req.cfg!r}")
         p = pipe()  # loads the model before the job starts (first call builds the tiny one)
-        frames = frames_cache.get(video.path)
-        fps = float(video.info["fps"])
+        n, fps, h, w = (video.info[k] for k in ("frames", "fps", "height", "width"))
         stages = []
         for i, st in enumerate(req.stages):  # validate everything before the job starts
             try:
-                mask = stage_mask(st, frames, fps)
+                mask = stage_mask(st, n, h, w, float(fps))
                 curve = None if not st.curve else np.asarray(st.curve, dtype=np.float64)
                 if curve is not None:
                     from fourfold.audio.loudness import LoudnessCurve
@@ -186,7 +197,7 @@ def router(studio):
 
         def run(job: Job) -> dict:
             g = p.cfg.guidance
-            total = len(frames) / fps
+            total = n / fps
             n_calls = (
                 req.steps
                 * _windows(total, p.cfg.duration, min(g.window_overlap, p.cfg.duration / 2))

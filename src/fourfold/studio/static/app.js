@@ -99,6 +99,13 @@ async function daSetVideo(file) {
   const s = $("da-scrub");
   s.max = Math.max(0, file.frames - 1); s.value = 0;
   da.mask.frameDt = 1 / file.fps;
+  // the frame view keeps the video's aspect ratio inside 320 x 320
+  const scale = 320 / Math.max(file.width, file.height);
+  const w = Math.round(file.width * scale), h = Math.round(file.height * scale);
+  const wrap = document.querySelector(".frame-wrap");
+  wrap.style.width = w + "px"; wrap.style.height = h + "px";
+  [$("da-frame"), $("da-mask")].forEach((el) => { el.style.width = w + "px"; el.style.height = h + "px"; });
+  da.mask.resize(w, h);
   da.curve.duration = file.duration;
   await daFrame(0);
 }
@@ -137,6 +144,7 @@ pages_da = async function () {
   document.querySelectorAll("input[name=da-tool]").forEach((r) => r.addEventListener("change", () => { da.mask.tool = r.value; }));
   $("da-brush-size").oninput = (e) => { da.mask.brushSize = +e.target.value; };
   $("da-clear-mask").onclick = () => da.mask.clear();
+  $("da-del-key").onclick = () => da.mask.deleteKeyframe(da.mask.t);
   $("da-clear-curve").onclick = () => da.curve.clear();
   $("da-scrub").oninput = (e) => daFrame(+e.target.value);
   $("da-add-stage").onclick = () => { daSaveStage(); da.stages.push(daNewStage()); daLoadStage(da.stages.length - 1); };

@@ -88,6 +88,19 @@ class MaskEditor {
     return a.boxes.map((box, i) => box.map((v, m) => (1 - w) * v + w * b.boxes[i][m]));
   }
   setTime(t) { this.t = t; this.draw(); }
+  // match the video's aspect ratio (the brush layer restarts empty: its pixels are the video's)
+  resize(w, h) {
+    if (this.canvas.width === w && this.canvas.height === h) return;
+    this.canvas.width = this.brush.width = w;
+    this.canvas.height = this.brush.height = h;
+    this.brushDirty = false;
+    this.draw();
+  }
+  deleteKeyframe(t) {
+    const n = this.keyframes.length;
+    this.keyframes = this.keyframes.filter((f) => Math.abs(f.t - t) >= this.frameDt / 2);
+    if (this.keyframes.length !== n) { this.draw(); this.onChange(); }
+  }
   isKeyframe(t) { return this.keyframes.some((f) => Math.abs(f.t - t) < this.frameDt / 2); }
   clear() {
     this.keyframes = [];
