@@ -158,3 +158,32 @@ def test_combine_matches_formula(tmp_path):
         torch.testing.assert_close(p.detach(), expect, rtol=0, atol=1e-6)
     with pytest.raises(CheckpointError, match="does not match"):
         da.apply_to(base)  # already patched: not the base any more
+
+
+def test_import_official_checkpoint(tmp_path):
+    base = make_stack(0)
+    theta = 0.02
+    saved, expect = {}, {}
+    g = torch.Generator().manual_seed(3)
+    for pos, (name, p) in enumerate(base.named_parameters()):
+        mask = p.detach().abs() < theta
+        vals = (
+            torch.randn(int(mask.sum()), generator=g) * 0.01
+        )  # official format: {position: values at |P0| < θ}
+        saved[pos] = vals
+        w = p.detach().clone()
+        w[mask] = vals
+        expect[name] = w
+    torch.save(saved, tmp_path / "unet.pt")
+    sara.import_official(base, tmp_path / "unet.pt", theta)
+    for e_name, w in expect.items():
+        assert torch.equal(_weight(base, e_name), w), e_name
+    saved[0] = saved[0][:-1]
+    torch.save(saved, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"tensor 0 \(emb.weight\)"):
+        sara.import_official(make_stack(0), tmp_path / "bad.pt", theta)
+
+
+def _weight(model, name):
+    module, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module), attr)

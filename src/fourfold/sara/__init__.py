@@ -11,7 +11,7 @@ See docs/sara.md.
 
 from fourfold.sara.config import SaraConfig, learning_rate_for_threshold
 from fourfold.sara.handle import SaraHandle, wrap
-from fourfold.sara.io import SaraDelta, combine, load, read_adapter
+from fourfold.sara.io import SaraDelta, combine, import_official, load, read_adapter
 from fourfold.sara.optim import SaraAdamW
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SaraDelta",
     "SaraHandle",
     "combine",
+    "import_official",
     "learning_rate_for_threshold",
     "load",
     "read_adapter",

@@ -264,3 +264,47 @@ def load(
                 e.base.view(-1)[e.param.indices] = vals.to(e.base.dtype)
     handle.sync()
     return handle
+
+
+def import_official(
+    base_model: nn.Module, path: str | Path, threshold: float, **config: object
+) -> SaraHandle:
+    """Load a checkpoint of the official code (``torch.save(optimizer.save_params(), path)``).
+
+    That file is ``{position: values}``: for the i-th tensor of ``base_model.parameters()``, the values at
+    ``|P0| < θ`` in flat order, without indices (official defect 7), so the supports are re-derived from
+    this base with the same θ; a count mismatch names the tensor. Read with ``weights_only=True``.
+    Returns a handle whose weights are the official fine-tuned ones.
+    """
+    from fourfold.sara.handle import wrap
+
+    try:
+        saved = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt/pickled-object files
+        raise CheckpointError(f"cannot read official SaRA checkpoint {path}: {err}") from err
+    if not isinstance(saved, dict) or not all(isinstance(k, int) for k in saved):
+        raise CheckpointError(
+            f"{path}: expected {{int position: tensor}} as written by the official save_params()"
+        )
+    named = list(base_model.named_parameters())
+    indices, values = {}, {}
+    for pos, (name, p) in enumerate(named):
+        idx = torch.nonzero(p.detach().reshape(-1).float().abs() < threshold).reshape(-1)
+        got = saved.get(pos)
+        n_got = 0 if got is None else got.numel()
+        if n_got != idx.numel():
+            raise CheckpointError(
+                f"{path}: tensor {pos} ({name}) has {n_got} values, |w| < {threshold:g} selects {idx.numel()}"
+            )
+        if idx.numel():
+            indices[name], values[name] = idx, got.reshape(-1).float()
+    cfg = SaraConfig(threshold=threshold, **config)  # type: ignore[arg-type]
+    handle = wrap(base_model, cfg, indices=indices)
+    with torch.no_grad():
+        for e in handle.entries:
+            if cfg.backend == "sparse":
+                e.param.values.copy_(values[e.name])
+            else:
+                e.base.view(-1)[e.param.indices] = values[e.name].to(e.base.dtype)
+    handle.sync()
+    return handle
