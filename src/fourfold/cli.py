@@ -30,6 +30,12 @@ SYSTEM_MODULES: dict[str, str] = {
     "songcreator": "fourfold.songcreator.cli",
 }
 
+# tools that add a command group but have no demo
+TOOL_MODULES: dict[str, str] = {
+    "studio": "fourfold.studio.cli",
+    "data": "fourfold.data.cli",
+}
+
 app = typer.Typer(
     name="fourfold",
     help="fourfold: INTRA, Draw an Audio, SongCreator and SaRA in one PyTorch toolkit.",
@@ -126,6 +132,10 @@ def _register_systems() -> None:
         sub = getattr(module, "app", None)
         if sub is not None:
             app.add_typer(sub, name=name)
+    for name, module_name in TOOL_MODULES.items():
+        module = _load_system(module_name)
+        if module is not None and getattr(module, "app", None) is not None:
+            app.add_typer(module.app, name=name)
 
 
 _register_systems()
