@@ -44,6 +44,7 @@ def test_draw_mask_curve_generate_and_play(page, screens, studio_server):
     curve = stage["curve"]
     assert len(curve) == 64 and curve[32] > 0.8 and curve[2] < 0.2 and curve[-2] < 0.2
     assert stage["prompt"] == "a red ball bounces"
+    assert body["negative_prompt"] is None and body["guidance_video"] is None and body["cfg"] == "dual"
 
     page.wait_for_selector("#da-results:not([hidden])")
     page.wait_for_function("() => document.querySelector('#da-audio').duration > 0")
@@ -76,8 +77,17 @@ def test_multistage_reference_curve_and_cancel(page, studio_server):
     drag(page, "#da-mask", [(0.5, 0.0), (1.0, 1.0)])
     page.fill("#da-gain", "-6")
     page.fill("#da-steps", "3")
+    page.fill("#da-gt", "2.5")
+    page.select_option("#da-cfg", "joint")
     assert page.locator("#da-stage-tabs button").count() == 2
-    page.click("#da-generate")
+    with page.expect_request("**/api/drawaudio/generate") as req:
+        page.click("#da-generate")
+    body = json.loads(req.value.post_data)
+    assert body["cfg"] == "joint" and body["guidance_text"] == 2.5
+    first, second = body["stages"]
+    assert first["prompt"] == "a red ball" and first["mask"] is None and len(first["curve"]) == 64
+    assert second["prompt"] == "a blue square" and second["gain_db"] == -6 and second["curve"] is None
+    assert second["mask"]["frames"][0]["boxes"][0][0] > 0.45
     page.wait_for_selector("#da-results:not([hidden])")
     page.wait_for_function("() => document.querySelectorAll('#da-stems audio').length === 2")
     job = _last_job(studio_server, "drawaudio")

@@ -79,6 +79,13 @@ def test_songcreator_generate_and_edit_a_span(page, screens):
     )
     assert page.locator("#sc-out-song").count() == 0  # edit_vocals returns vocals only
     assert page.inner_text("#songcreator-error") == ""
+    # the edited vocals can go back in as the input for the next edit
+    before = canvas_pixels(page, "#sc-wave-vocals")
+    page.click("#sc-use-vocals")
+    page.wait_for_function(f"() => document.querySelector('#sc-wave-vocals').toDataURL() !== {before!r}")
+    assert page.evaluate("() => sc.files.vocals.name") == "vocals.wav"
+    assert page.inner_text("#sc-span").startswith("span: none")
+    drag(page, "#sc-wave-vocals", [(0.1, 0.5), (0.3, 0.5)])
     page.screenshot(path=str(screens / "studio-songcreator.png"), full_page=True)
 
 

@@ -190,7 +190,9 @@ pages_da = async function () {
       const m = s.mask && s.mask.keyframes.length ? { frames: s.mask.keyframes } : null;
       return { prompt: s.prompt, gain_db: s.gain_db, mask: m, brush: s.mask ? s.mask.brush : null, curve: s.curve };
     });
-    const body = { video: da.video.id, stages, steps: +$("da-steps").value, seed: +$("da-seed").value, cfg: $("da-cfg").value };
+    const num = (id) => ($(id).value === "" ? null : +$(id).value);
+    const body = { video: da.video.id, stages, steps: +$("da-steps").value, seed: +$("da-seed").value, cfg: $("da-cfg").value,
+                   negative_prompt: $("da-negative").value || null, guidance_video: num("da-gv"), guidance_text: num("da-gt") };
     $("da-generate").disabled = true; $("da-cancel").disabled = false;
     $("da-results").hidden = true; $("da-stems").innerHTML = "";
     try {
@@ -317,6 +319,16 @@ function scResults(res) {
     const row = document.createElement("div");
     row.className = "output-row";
     row.innerHTML = `<b>${k}</b> (${res[k].duration.toFixed(2)} s) <audio id="sc-out-${k}" controls src="${res[k].url}"></audio> <a href="${res[k].url}?download=true" download>download ${k}.wav</a>`;
+    if (sc.wave[k]) { // feed a generated stem back in, e.g. to edit a span of it
+      const b = document.createElement("button");
+      b.type = "button"; b.id = "sc-use-" + k; b.textContent = `use as ${k} input`;
+      b.onclick = () => guarded("songcreator", async () => {
+        sc.files[k] = res[k];
+        $("sc-" + k).value = "";
+        sc.wave[k].setPeaks(await api(`/api/waveform/${res[k].id}?n=560`));
+      });
+      row.appendChild(b);
+    }
     box.appendChild(row);
   });
 }
@@ -362,7 +374,8 @@ pages_sara = async function () {
   });
   $("sara-start").onclick = () => guarded("sara", () => saRun(api("/api/sara/start", { json: {
     base: $("sara-base").value, folder: $("sara-folder").value, steps: +$("sara-steps").value,
-    fraction: +$("sara-fraction").value, batch_size: +$("sara-batch").value } })));
+    fraction: +$("sara-fraction").value, batch_size: +$("sara-batch").value,
+    lr: $("sara-lr").value === "" ? null : +$("sara-lr").value, prefix: $("sara-prefix").value } })));
   $("sara-stop").onclick = () => sa.job && api(`/api/jobs/${sa.job}/cancel`, { method: "POST" });
   $("sara-resume").onclick = () => guarded("sara", () => saRun(api("/api/sara/resume/" + sa.session, { method: "POST" })));
   $("sara-compare").onclick = () => guarded("sara", async () => {
