@@ -4,8 +4,8 @@
    :class:`~fourfold.songcreator.oracle.ProceduralLabelTokenizer`.
 2. The DSLM: the shipped checkpoint (made by ``run_demo(out, quick=False)``, see ``SHIPPED_COMMAND``) in
    quick mode, otherwise trained here with the multi-task recipe.
-3. BCA ablation: lyrics→song sampled with BCA BR and with BCA None from the same weights; key agreement
-   (closed set of the 4 keys) and vocal onsets on the accompaniment's eighth grid.
+3. BCA ablation on held-out lyrics: lyrics→song sampled with BCA BR and with BCA None from the same
+   weights; key agreement (closed set of the 4 keys) and vocal onsets on the accompaniment's eighth grid.
 4. Editing: ``edit_vocals_in_song`` keeps every token outside the span and the whole accompaniment.
 5. Every task once, rendered with the training-free :class:`~fourfold.songcreator.renderer.CentroidRenderer`.
 """
@@ -31,15 +31,15 @@ KEYS = [0, 3, 6, 9]  # C, D#, F#, A major: the closed key set of the ablation
 TEMPOS = [90.0, 120.0]
 
 
-def _setup(n_songs: int):
+def _setup(n_songs: int, seed: int = 0, prompts: bool = True):
     from fourfold.data.songs import ProceduralSongs
     from fourfold.songcreator.lyrics import LyricsFrontend
     from fourfold.songcreator.oracle import ProceduralLabelTokenizer
     from fourfold.songcreator.training import procedural_token_items
 
-    songs = ProceduralSongs(n_songs, seconds=4.0, seed=0, keys=KEYS, tempos=TEMPOS)
+    songs = ProceduralSongs(n_songs, seconds=4.0, seed=seed, keys=KEYS, tempos=TEMPOS)
     fe, tok = LyricsFrontend(), ProceduralLabelTokenizer()
-    return songs, fe, tok, procedural_token_items(songs, fe, tok)
+    return songs, fe, tok, procedural_token_items(songs, fe, tok, prompts=prompts)
 
 
 def _train(items, fe, tok, steps: int, out_dir: Path):
@@ -166,7 +166,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     if quick and (SHIPPED_CHECKPOINT / "config.json").is_file():
         model, source = DSLM.from_pretrained(SHIPPED_CHECKPOINT).eval(), "shipped checkpoint"
     else:
-        steps = 200 if quick else 1500
+        steps = 200 if quick else 800
         model, losses = _train(items, fe, tok, steps, out_dir)
         source = f"trained here ({steps} steps)"
         if not quick:
@@ -192,7 +192,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
         renderer.fit([c[kind] for c in codes], [getattr(songs[i], attr) for i in range(16)], kind)
     pipe = SongCreatorPipeline(model, fe, tokenizer=tok, renderer=renderer)
     c0, clip0 = codes[0], songs[0]
-    kw = {"seed": 0, "max_seconds": 4.0}
+    kw = {"seed": 0, "max_seconds": 2.0}
     runs = {
         "lyrics_to_song": lambda: pipe.lyrics_to_song(clip0.lyrics, **kw),
         "lyrics_to_vocals": lambda: pipe.lyrics_to_vocals(clip0.lyrics, **kw),
