@@ -196,3 +196,17 @@ def test_large_video_refused_from_its_header(tmp_path):
     data = video_file(tmp_path / "v.mp4", seconds=2.0, size=64).read_bytes()
     with pytest.raises(UploadError, match="Mpx decoded"):
         store.save_upload("v.mp4", iter([data]), "video")
+
+
+def test_sara_offers_only_image_folders_inside_data_roots(tmp_path):
+    from tests.studio.helpers import png_bytes as png
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    for d in (root / "style-a", outside):
+        d.mkdir(parents=True)
+        (d / "x.png").write_bytes(png())
+        (d / "x.txt").write_text("a caption")
+    (root / "escape").symlink_to(outside)
+    app = create_app(StudioConfig(work=tmp_path / "work", data=[root]))
+    names = [f["name"] for f in TestClient(app).get("/api/sara/options").json()["folders"]]
+    assert "style-a" in names and "escape" not in names and "stripes (procedural)" in names

@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,9 +126,3 @@ def progress_hook(module, job: Job, total_calls: int, lo: float = 0.0, hi: float
         yield count
     finally:
         handle.remove()
-
-
-def iter_checked(items, job: Job) -> Iterator:
-    for item in items:
-        job.check()
-        yield item

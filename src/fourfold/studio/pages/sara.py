@@ -102,7 +102,10 @@ def _options(studio) -> dict:
 
     for root in studio.data_roots:
         for d in sorted([root, *(p for p in root.iterdir() if p.is_dir())]) if root.is_dir() else []:
-            if any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()):
+            # a symlinked subfolder pointing outside the given roots is not offered
+            if studio.files.inside(d, studio.data_roots) and any(
+                f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()
+            ):
                 folders[d.name] = str(d)
     return {"bases": opts["bases"], "folders": folders}
 
