@@ -100,6 +100,21 @@ def bca_ablation(model, items, n: int, seed: int = 0) -> dict:
     return out
 
 
+def vowel_error_rates(samples, items) -> dict:
+    """Vowel error rate of generated vocals against their own lyrics and against shuffled lyrics (the
+    lyrics of the next item): the lyrics-following check of spec §8.6."""
+    from fourfold.metrics.music import error_rate
+    from fourfold.songcreator.oracle import ProceduralLabelTokenizer as T
+
+    own, shuffled = [], []
+    for s, res in enumerate(samples):
+        onsets = T.vocal_onsets(res.vocals)
+        hyp = T.vocal_vowels(res.vocals)[onsets].tolist()
+        own.append(error_rate(items[s % len(items)]["vowels"], hyp))
+        shuffled.append(error_rate(items[(s + 1) % len(items)]["vowels"], hyp))
+    return {"own_lyrics": float(np.mean(own)), "shuffled_lyrics": float(np.mean(shuffled))}
+
+
 def edit_check(model, items, n: int) -> dict:
     from fourfold.songcreator.layout import plan_generation, run_plan
     from fourfold.songcreator.tasks import TASKS
@@ -272,6 +287,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
             "chance": 0.25,
         },
         "onset_on_grid": {"BR": br["onset_on_grid"], "None": nn_["onset_on_grid"]},
+        "vowel_error_rate": ver,
         "edit": {**edits, **edit_audio},
         "task_frames": task_frames,
     }
@@ -281,6 +297,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
         "bca_br_key_agreement_ge_0.6": br["key_agreement"] >= 0.6,
         "bca_br_beats_none_by_0.3": br["key_agreement"] >= nn_["key_agreement"] + 0.3,
         "bca_none_le_0.40": nn_["key_agreement"] <= 0.40,
+        "lyrics_vowel_error_0.2_below_shuffled": ver["own_lyrics"] <= ver["shuffled_lyrics"] - 0.2,
         "edit_tokens_outside_span_identical": edits["outside_span_identical"] == 1.0,
         "edit_keeps_accompaniment": edits["accompaniment_kept"] == 1.0,
         "edit_audio_bit_identical_outside_crossfades": edit_audio["bit_identical_outside_crossfades"],

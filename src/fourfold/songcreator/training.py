@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from fourfold.data.songs import VOWELS
 from fourfold.songcreator.config import DSLMConfig
 from fourfold.songcreator.dslm import DSLM, dslm_loss
 from fourfold.songcreator.lyrics import LyricsFrontend
@@ -72,6 +73,7 @@ def procedural_token_items(songs, frontend: LyricsFrontend, tokenizer, *, prompt
             "song": codes["song"],
             "key": clip.key,
             "bpm": clip.bpm,
+            "vowels": [VOWELS.index(s.vowel) for s in clip.syllables],  # for lyric-following checks
         }
         if prompts:
             other = tokenizer.encode_clip(songs.other_clip(i))
