@@ -11,7 +11,7 @@ from fourfold.intra.pipeline import IntraGrounder, centre_prior_predict, evaluat
 
 @pytest.mark.slow
 def test_trained_intra_beats_centre_prior_on_all_metrics(tmp_path):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     settings = DemoSettings(quick=True)
     world, image_dir, text_dir = prepare_demo_world(tmp_path, settings)
     model = train_variant(world, image_dir, text_dir, tmp_path / "run", settings, seed=0)

@@ -4,9 +4,9 @@ INTRA §3.1 / supp. B.1: image encoder DINOv2 ViT-B/14 (transformers ``Dinov2Mod
 ALBEF text BERT (any BERT-style ``AutoModel`` + ``AutoTokenizer`` directory works). Nothing is downloaded:
 directories are read with ``local_files_only=True`` and a missing directory or file is an error naming it.
 
-The tiny builders make random encoders for tests and the CPU demo. ``build_tiny_text_encoder`` can place
-the word embeddings of given word clusters (a label and its synonyms) near a shared random centre, a
-stand-in for the synonym structure a pretrained text encoder has; it is not a trained language model.
+The tiny builders make encoders for tests and the CPU demo: a random ``Dinov2Model``, and a tiny BERT that is
+random or, given word clusters (a label and its synonyms), briefly pre-trained in-process so that texts of one
+cluster encode nearby (a stand-in for the semantics of a real pretrained text encoder, not a language model).
 """
 
 from __future__ import annotations

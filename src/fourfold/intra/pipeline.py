@@ -21,7 +21,14 @@ from fourfold.intra.dataset import load_image, to_tensor
 from fourfold.intra.model import IntraModel
 from fourfold.metrics.saliency import SaliencyScores, saliency_scores
 
-__all__ = ["IntraGrounder", "centre_prior", "evaluate_items", "overlay"]
+__all__ = [
+    "IntraGrounder",
+    "centre_prior",
+    "centre_prior_predict",
+    "evaluate_items",
+    "overlay",
+    "save_heatmap_png",
+]
 
 CENTRE_PRIOR_SIGMA = 0.25  # centre-prior baseline: isotropic Gaussian, σ = 0.25 · side
 
@@ -127,12 +134,8 @@ def centre_prior_predict(images: Sequence[Image.Image], _texts: Sequence[str]) -
     return [centre_prior(im.height, im.width) for im in images]
 
 
-__all__ += ["centre_prior_predict"]
-
 
 def save_heatmap_png(heat: np.ndarray, path: str | Path) -> None:
     """Heatmap in [0,1] -> 8-bit grayscale PNG (0-255)."""
     Image.fromarray(np.clip(np.round(heat * 255.0), 0, 255).astype(np.uint8), mode="L").save(path)
 
-
-__all__ += ["save_heatmap_png"]
