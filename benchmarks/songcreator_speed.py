@@ -107,9 +107,12 @@ def main() -> None:
     ap.add_argument("--lyrics", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--skip-nocache", action="store_true", help="skip the quadratic no-cache run")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="CPU intra-op threads (1 is fastest on a shared box)"
+    )
     args = ap.parse_args()
     if args.device == "cpu":
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = DSLMConfig.tiny() if args.config == "tiny" else DSLMConfig.paper()
     cfg.max_stream_tokens = max(cfg.max_stream_tokens, args.tokens)
