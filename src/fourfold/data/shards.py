@@ -38,6 +38,7 @@ from fourfold.nn.modeling import atomic_write_text
 
 __all__ = [
     "INDEX_NAME",
+    "FolderSamples",
     "ShardDataset",
     "ShardError",
     "ShardWriter",
@@ -322,6 +323,37 @@ def write_shards_from(
             writer.write(sample)
             bar.update(1)
     return Path(out_dir) / INDEX_NAME
+
+
+class FolderSamples:
+    """A folder of files as a map-style dataset of samples, ready for :func:`write_shards_from`.
+
+    Files are grouped by their path up to the first dot of their name: ``clips/a/0001.wav``,
+    ``clips/a/0001.meta.json`` and ``clips/a/0001.mp4`` become the sample ``{"__key__": "a/0001",
+    "wav": bytes, "meta.json": bytes, "mp4": bytes}`` (stored verbatim). Hidden files and folders and
+    names without an extension are skipped. Samples are sorted by key, so a re-run resumes correctly.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root} is not a folder")
+        groups: dict[str, dict[str, Path]] = {}
+        for path in sorted(self.root.rglob("*")):
+            rel = path.relative_to(self.root)
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts) or "." not in rel.name:
+                continue
+            stem, _, fields = rel.name.partition(".")
+            key = str(rel.parent / stem) if rel.parent != Path(".") else stem
+            groups.setdefault(key, {})[fields] = path
+        self.samples = sorted(groups.items())
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        key, files = self.samples[i]
+        return {"__key__": key, **{name: path.read_bytes() for name, path in files.items()}}
 
 
 # reading the index
