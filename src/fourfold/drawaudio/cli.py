@@ -51,10 +51,15 @@ def generate(
     ] = None,
 ) -> None:
     """Generate a soundtrack for VIDEO."""
+    from fourfold.drawaudio.demo import ASSET_ADAPTER
     from fourfold.drawaudio.masks import ColorDetector, MaskInput
     from fourfold.drawaudio.pipeline import DrawAudioPipeline
     from fourfold.drawaudio.tlm import curve_from_audio
 
+    if model is None:
+        if not (ASSET_ADAPTER / "adapter.safetensors").is_file():
+            raise typer.BadParameter("no --model given and the shipped tiny adapter is missing")
+        model = ASSET_ADAPTER
     pipe = DrawAudioPipeline.from_pretrained(model, base, detector=ColorDetector() if detect else None)
     m = mask
     if mask is not None and not Path(mask).exists() and mask.count(",") == 3:

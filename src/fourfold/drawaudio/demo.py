@@ -17,9 +17,10 @@ import torch
 
 from fourfold.report import DemoResult, Media, Table
 
-__all__ = ["ASSET_BASE", "run_demo"]
+__all__ = ["ASSET_ADAPTER", "ASSET_BASE", "run_demo"]
 
 ASSET_BASE = Path(__file__).parent / "assets" / "tiny_base"
+ASSET_ADAPTER = Path(__file__).parent / "assets" / "tiny_adapter"
 
 QUICK = {"clips": 160, "eval_clips": 12, "steps": 400, "seconds": 150, "eval_steps": 10, "batch": 16}
 FULL = {"clips": 1200, "eval_clips": 40, "steps": 1500, "seconds": 1800, "eval_steps": 20, "batch": 16}
@@ -67,8 +68,14 @@ def _loss_plot(out_dir: Path, losses: list[float]) -> str:
     return "drawaudio_loss.png"
 
 
-def run_demo(out_dir: Path, quick: bool = True, seed: int = 0) -> DemoResult:
-    """Train and evaluate the tiny Draw an Audio model on CPU; writes media under ``out_dir``."""
+def run_demo(
+    out_dir: Path, quick: bool = True, seed: int = 0, params: dict | None = None, base_dir: Path | None = None
+) -> DemoResult:
+    """Train and evaluate the tiny Draw an Audio model on CPU; writes media under ``out_dir``.
+
+    ``params`` overrides the QUICK/FULL sizes (clips, eval_clips, steps, seconds, eval_steps, batch);
+    ``base_dir`` replaces the shipped tiny base.
+    """
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,10 +95,12 @@ def run_demo(out_dir: Path, quick: bool = True, seed: int = 0) -> DemoResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    p = QUICK if quick else FULL
+    p = {**(QUICK if quick else FULL), **(params or {})}
     cfg = DrawAudioConfig.tiny()
     base_info: dict = {"source": "shipped assets/tiny_base"}
-    base_dir = ASSET_BASE
+    base_dir = Path(base_dir) if base_dir is not None else ASSET_BASE
+    if base_dir != ASSET_BASE:
+        base_info = {"source": str(base_dir)}
     if not (base_dir / "unet").is_dir():
         base_dir = out_dir / "tiny_base"
         base_info = pretrain_tiny_base(base_dir, cfg, n_clips=120 if quick else 300,

@@ -176,7 +176,11 @@ class DrawAudioModel(nn.Module):
     def from_pretrained(
         cls, adapter_dir: str | Path, base_dir: str | Path | None = None, **cfg_changes
     ) -> DrawAudioModel:
-        """Load an adapter checkpoint over its base (``base_dir`` overrides the path recorded in the config)."""
+        """Load an adapter checkpoint over its base.
+
+        ``base_dir`` overrides the path recorded in the config; a relative recorded path is resolved
+        against ``adapter_dir`` (so a shipped adapter can point at its sibling base).
+        """
         adapter_dir = Path(adapter_dir)
         cfg_path = adapter_dir / ADAPTER_CONFIG
         if not cfg_path.is_file():
@@ -188,6 +192,8 @@ class DrawAudioModel(nn.Module):
             setattr(cfg, k, v)
         if not cfg.base.path:
             raise CheckpointError(f"{cfg_path}: base.path is empty; pass base_dir")
+        if not Path(cfg.base.path).is_absolute() and base_dir is None:
+            cfg.base.path = str((adapter_dir / cfg.base.path).resolve())
         model = cls(cfg, load_base(cfg.base.path, cfg))
         return model.load_adapter(adapter_dir)
 
