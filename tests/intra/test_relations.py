@@ -108,3 +108,37 @@ def test_synonym_rate_is_point_two_and_label_unchanged():
     assert abs(rate - 0.2) < 0.015
     assert set(draws) == {"hold", "grasp", "grip"}
     assert s.text("cut_with", rng, p=1.0) == "cut with"  # no synonyms: the label text itself
+
+
+def test_relmap_prompt_parse_round_trip(tmp_path):
+    from typer.testing import CliRunner
+
+    from fourfold.intra.cli import app
+
+    (tmp_path / "labels.txt").write_text("hold\ncarry\ncut_with\n")
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        ["relmap", "prompt", "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "p.jsonl")],
+    )
+    assert r.exit_code == 0, r.output
+    prompts = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(prompts) == 3 and "five objects" in prompts[0]["prompt"]
+    same = {("hold", "carry"), ("carry", "hold")}
+    answers = [
+        {**p, "answer": "Knife: handle vs blade...\nAnswer: " + ("yes" if (p["a"], p["b"]) in same else "no")}
+        for p in prompts
+    ]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    r = runner.invoke(
+        app,
+        ["relmap", "parse", "--answers", str(tmp_path / "a.jsonl"), "--labels", str(tmp_path / "labels.txt"),
+         "--out", str(tmp_path / "r.csv")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = RelationshipMap.load(tmp_path / "r.csv", ["hold", "carry", "cut_with"])
+    assert m.related("hold", "carry") and not m.related("hold", "cut_with")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"a": "hold", "b": "carry", "answer": "maybe"}) + "\n")
+    r = runner.invoke(app, ["relmap", "parse", "--answers", str(tmp_path / "bad.jsonl"), "--labels",
+                            str(tmp_path / "labels.txt"), "--out", str(tmp_path / "x.csv")])  # fmt: skip
+    assert isinstance(r.exception, RelationError) and not (tmp_path / "x.csv").exists()

@@ -177,3 +177,52 @@ def run_demo(out_dir: Path, quick: bool = True):
     from fourfold.intra.demo import run_demo as _run
 
     return _run(Path(out_dir), quick)
+
+
+relmap_app = typer.Typer(name="relmap", help="Build a relationship map with your own LLM (no network call).")
+app.add_typer(relmap_app, name="relmap")
+
+
+def _labels(spec: str) -> list[str]:
+    from fourfold.data.agd20k import SEEN_AFFORDANCES, UNSEEN_AFFORDANCES
+
+    if spec in ("Seen", "Unseen"):
+        return list(SEEN_AFFORDANCES if spec == "Seen" else UNSEEN_AFFORDANCES)
+    path = Path(spec)
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"--labels must be Seen, Unseen or a file with one label per line; not found: {spec}"
+        )
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@relmap_app.command("prompt")
+def relmap_prompt(
+    out: Annotated[Path, typer.Option(help="JSONL file of {a, b, prompt}, one per label pair")],
+    labels: Annotated[str, typer.Option(help="Seen, Unseen or a file with one label per line")] = "Seen",
+) -> None:
+    """Write the chain-of-thought prompts (paper Fig. 3) for every label pair."""
+    from fourfold.intra.relations import relation_prompts
+    from fourfold.nn import atomic_write_text
+
+    rows = relation_prompts(_labels(labels))
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    typer.echo(f"wrote {len(rows)} prompts to {out}; add each reply as 'answer' and run `relmap parse`")
+
+
+@relmap_app.command("parse")
+def relmap_parse(
+    answers: Annotated[Path, typer.Option(help="JSONL of {a, b, answer} with the LLM's replies")],
+    out: Annotated[Path, typer.Option(help="relationship CSV (or .json) to write")],
+    labels: Annotated[str, typer.Option(help="Seen, Unseen or a file with one label per line")] = "Seen",
+) -> None:
+    """Turn LLM replies into a relationship map file."""
+    from fourfold.intra.relations import RelationError, parse_relation_answers
+
+    try:
+        rows = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise RelationError(f"cannot read answers {answers}: {err}") from err
+    rel = parse_relation_answers(rows, _labels(labels))
+    rel.save(out)
+    typer.echo(f"wrote {out}: {rel}")

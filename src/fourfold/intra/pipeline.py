@@ -134,8 +134,6 @@ def centre_prior_predict(images: Sequence[Image.Image], _texts: Sequence[str]) -
     return [centre_prior(im.height, im.width) for im in images]
 
 
-
 def save_heatmap_png(heat: np.ndarray, path: str | Path) -> None:
     """Heatmap in [0,1] -> 8-bit grayscale PNG (0-255)."""
     Image.fromarray(np.clip(np.round(heat * 255.0), 0, 255).astype(np.uint8), mode="L").save(path)
-

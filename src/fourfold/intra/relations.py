@@ -33,6 +33,8 @@ __all__ = [
     "RelationError",
     "RelationshipMap",
     "SynonymTable",
+    "parse_relation_answers",
+    "relation_prompts",
 ]
 
 DEFAULT_RELATIONSHIP = "agd20k_relationship.csv"
@@ -311,3 +313,46 @@ class SynonymTable:
         atomic_write_text(
             Path(path), json.dumps({k: list(v) for k, v in self.table.items()}, indent=1) + "\n"
         )
+
+
+# LLM round trip (INTRA §3.2, Fig. 3): prompts out, the user's LLM answers in; no network call here.
+
+_PROMPT = (
+    "Two interactions with objects: '{a}' and '{b}'.\n"
+    "Step 1: list five objects that allow both interactions.\n"
+    "Step 2: for each object, name the part used for '{a}' and the part used for '{b}'.\n"
+    "Step 3: if the interactions use the same part on most of these objects, they are related.\n"
+    "End with one line 'Answer: yes' or 'Answer: no'."
+)
+
+
+def relation_prompts(labels: Sequence[str]) -> list[dict[str, str]]:
+    """One chain-of-thought prompt per unordered label pair (L·(L−1)/2 rows ``{a, b, prompt}``)."""
+    labels = [normalise_label(x) for x in labels]
+    return [
+        {"a": a, "b": b, "prompt": _PROMPT.format(a=label_text(a), b=label_text(b))}
+        for i, a in enumerate(labels)
+        for b in labels[i + 1 :]
+    ]
+
+
+def parse_relation_answers(
+    rows: Iterable[dict], labels: Sequence[str], source: str = "llm"
+) -> RelationshipMap:
+    """``{a, b, answer}`` rows (the LLM's full reply) -> map; the last 'Answer: yes/no' line decides."""
+    relations = []
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not {"a", "b", "answer"} <= set(row):
+            raise RelationError(f"answer row {n} needs 'a', 'b' and 'answer': {row!r}")
+        verdicts = [
+            line.split(":", 1)[1].strip().lower()
+            for line in str(row["answer"]).splitlines()
+            if line.strip().lower().startswith("answer:")
+        ]
+        if not verdicts or verdicts[-1].rstrip(".") not in ("yes", "no"):
+            raise RelationError(
+                f"answer row {n} ({row['a']}, {row['b']}): no final 'Answer: yes' or 'Answer: no' line"
+            )
+        relations.append(Relation(row["a"], row["b"], verdicts[-1].startswith("yes"), source, ""))
+    return RelationshipMap(labels, relations, source=source)
+
