@@ -163,3 +163,24 @@ def test_ppa_shrinks_support_freezes_dropped_and_keeps_adam_state():
         assert torch.equal(e.param.full_values(e.base)[~e.param.active], now[frozen])
     stats = h.stats()
     assert stats["active"] < stats["support"]
+
+
+def test_bf16_autocast_and_bf16_base_keep_fp32_masters():
+    model = make_stack()
+    h = sara.wrap(model, sara.SaraConfig(fraction=0.1))
+    tokens, target = stack_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = _loss(model, tokens, target)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in h.parameters())
+    half = make_stack().to(torch.bfloat16)
+    hb = sara.wrap(half, sara.SaraConfig(fraction=0.1))
+    opt = torch.optim.AdamW(hb.parameters(), lr=1e-2)
+    (half(tokens).float() - target).pow(2).mean().backward()
+    opt.step()
+    hb.sync()
+    for e in hb.entries:
+        assert e.base.dtype == torch.bfloat16 and e.param.values.dtype == torch.float32
+        assert torch.equal(
+            e.base.reshape(-1)[e.param.indices.long()], e.param.values.detach().to(torch.bfloat16)
+        )
