@@ -12,6 +12,7 @@ import pytest
 import torch
 from tests.data.helpers import flat, read_ids, write_numbered
 
+from fourfold.data import shards as shards_module
 from fourfold.data.shards import INDEX_NAME, ShardDataset, ShardError, ShardWriter, write_shards_from
 
 ARRAYS = {
@@ -292,3 +293,40 @@ def test_conversion_resumes_after_a_crash_and_matches_a_straight_run(tmp_path):
     assert keys == [f"{i:09d}" for i in range(47)]
     with pytest.raises(ShardError, match="shard boundaries"):
         write_shards_from(rows, tmp_path / "resumed", max_samples_per_shard=5, progress=False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_set_start_skips_batches_without_reading_them(tmp_path, num_workers):
+    root = write_numbered(tmp_path / "s", 40, 6)
+    ds = ShardDataset(root, shuffle_buffer=7, seed=5, batch_size=8)
+    ds.set_epoch(2)
+    full = read_ids(ds, batch_size=8)
+    assert ds.batches_per_epoch() == len(full) == 5
+    # damage a sample of the first batch: a resumed epoch that starts after it must never open it
+    victim = full[0][0]
+    shard, row = victim // 6, victim % 6
+    table = json.loads((root / f"shard-{shard:06d}.json").read_text())
+    offset, size, _ = table["samples"][row][1]["x.npy"]
+    data = bytearray((root / f"shard-{shard:06d}.tar").read_bytes())
+    data[offset + size - 1] ^= 0xFF
+    (root / f"shard-{shard:06d}.tar").write_bytes(bytes(data))
+    ds.set_epoch(2)
+    ds.set_start(1)
+    assert read_ids(ds, batch_size=8, num_workers=num_workers) == full[1:]
+    ds.set_epoch(2)  # a new epoch starts from its beginning again (read in-process: a worker that
+    with pytest.raises(ShardError, match="is corrupt"):  # raised takes seconds to shut down)
+        read_ids(ds, batch_size=8)
+    with pytest.raises(ValueError, match="outside"):
+        ds.set_start(6)
+    with pytest.raises(ValueError, match="batch_size"):
+        ShardDataset(root).set_start(1)
+
+
+def test_many_small_shards_with_a_wide_shuffle_buffer(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_module, "OPEN_SHARDS", 3)
+    write_numbered(tmp_path / "s", 24, 3)  # 8 shards: more than the reader may keep open at once
+    ds = ShardDataset(tmp_path / "s", shuffle_buffer=12, seed=0)
+    ids = [s["i"] for s in ds]
+    assert sorted(ids) == list(range(24))
+    assert all(shard.samples is None for shard in ds.shards)  # member tables are dropped after the epoch
+    assert [s["i"] for s in ds] == ids

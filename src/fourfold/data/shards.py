@@ -24,6 +24,7 @@ import random
 import re
 import tarfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ INDEX_NAME = "index.json"
 FORMAT = "fourfold-shards"
 VERSION = 1
 TAR_BLOCK = 512
+OPEN_SHARDS = 16  # shards a reader keeps open (file handle + member table); a shuffle buffer spans few
 TEXT_EXTS = frozenset({"txt", "text"})
 INT_EXTS = frozenset({"cls", "cls2", "idx", "index", "id"})
 
@@ -433,6 +435,11 @@ class _Shard:
     sidecar: Path | None
     samples: list[tuple[str, dict[str, Member]]] | None = field(default=None, repr=False)
 
+    def release(self) -> None:
+        """Drop the member table when it can be re-read cheaply from its sidecar (bounds reader memory)."""
+        if self.sidecar is not None:
+            self.samples = None
+
     def table(self) -> list[tuple[str, dict[str, Member]]]:
         if self.samples is None:
             if self.size is not None:
@@ -476,6 +483,7 @@ def _find_shards(
         shard = _Shard(path, 0, None, sidecar if sidecar.is_file() else None)
         shard.samples = _read_sidecar(sidecar, path) if shard.sidecar else _scan_tar(path)
         shard.num_samples = len(shard.samples)
+        shard.release()
         shards.append(shard)
     return shards
 
@@ -506,7 +514,8 @@ class ShardDataset(IterableDataset):
         allow_incomplete: read a directory whose conversion has not finished.
 
     Protocol used by :class:`fourfold.train.Trainer`: ``splits_by_rank = True``, ``set_rank(rank, world)``,
-    ``set_epoch(epoch)``. Each rank and worker reads and decodes only the samples it owns.
+    ``set_epoch(epoch)``. Each rank and worker reads and decodes only the samples it owns. For a fast
+    mid-epoch resume, ``set_start(batches)`` skips batches without reading them.
     """
 
     splits_by_rank = True
@@ -530,7 +539,7 @@ class ShardDataset(IterableDataset):
         self.shards = _find_shards(source, allow_incomplete)
         self.decode, self.decoders = decode, dict(decoders or {})
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
-        self.rank, self.world_size, self.epoch = 0, 1, 0
+        self.rank, self.world_size, self.epoch, self.start = 0, 1, 0, 0
         self.batch_size: int | None = None
         self.set_batch_size(batch_size)
 
@@ -546,7 +555,26 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Select the epoch (seeds its shard order and shuffle buffer); also resets :meth:`set_start` to 0."""
+        self.epoch, self.start = int(epoch), 0
+
+    def set_start(self, batches: int) -> None:
+        """Begin the current epoch after its first ``batches`` local batches, without reading them.
+
+        For a fast resume: the samples skipped are never opened or decoded, and the batches that follow
+        (with any number of DataLoader workers) are those of the uninterrupted epoch. Needs ``batch_size``.
+        """
+        if batches and self.batch_size is None:
+            raise ValueError("set_start needs the dataset's batch_size (batches are not defined without it)")
+        if not 0 <= batches <= self.batches_per_epoch():
+            raise ValueError(
+                f"set_start({batches}) is outside the epoch's {self.batches_per_epoch()} batches"
+            )
+        self.start = int(batches)
+
+    def batches_per_epoch(self) -> int:
+        """Local batches this rank yields per epoch (``batch_size`` given), else samples per epoch."""
+        return len(self) // self._block()
 
     def set_batch_size(self, batch_size: int | None) -> None:
         """The global batch size (see the class docstring); ``None`` interleaves sample by sample."""
@@ -611,31 +639,37 @@ class ShardDataset(IterableDataset):
         worker = get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         block, rank, world = self._block(), self.rank, self.world_size
-        files: dict[int, Any] = {}
-        local = 0
+        files: OrderedDict[int, Any] = OrderedDict()
+        skip, local = self.start * block, 0
         try:
             for position, ref in enumerate(self.references()):
                 if (position // block) % world != rank:
                     continue
-                mine = (local // block) % workers == worker_id
+                # workers take turns in blocks counted from the first block this iteration yields
+                mine = local >= skip and ((local - skip) // block) % workers == worker_id
                 local += 1
                 if mine:
                     yield self._read(ref, files)
         finally:
-            for fh in files.values():
+            for s, fh in files.items():
                 fh.close()
+                self.shards[s].release()
 
     # reading one sample
 
-    def _read(self, ref: tuple[int, int], files: dict[int, Any]) -> Any:
+    def _read(self, ref: tuple[int, int], files: OrderedDict[int, Any]) -> Any:
         s, i = ref
         shard = self.shards[s]
-        key, table = shard.table()[i]
         fh = files.get(s)
         if fh is None:
-            if len(files) >= 16:  # a shuffle buffer spans few shards; keep the open handles bounded
-                files.pop(next(iter(files))).close()
+            if len(files) >= OPEN_SHARDS:  # least recently used: close it and drop its member table
+                old, old_fh = files.popitem(last=False)
+                old_fh.close()
+                self.shards[old].release()
             fh = files[s] = open(shard.path, "rb")  # noqa: SIM115 (closed in __iter__)
+        else:
+            files.move_to_end(s)
+        key, table = shard.table()[i]
         raw: dict[str, bytes] = {}
         for name, (offset, size, crc) in table.items():
             fh.seek(offset)
