@@ -464,6 +464,8 @@ def _find_shards(
                     f"{root / INDEX_NAME}: the conversion that wrote it did not finish; re-run it (it resumes) "
                     "or pass allow_incomplete=True"
                 )
+            for s in index["shards"]:  # fail before training starts, not hours into an epoch
+                _check_size(root / s["name"], s["size"])
             return [
                 _Shard(root / s["name"], s["num_samples"], s["size"], root / s["index"])
                 for s in index["shards"]
