@@ -101,8 +101,10 @@ def test_a_killed_run_keeps_its_finished_files_and_resumes(tmp_path):
         / f".tmp-{socket.gethostname()}-999999999-part-x.safetensors"
     )
     dead.write_bytes(b"partial")
+    live = dead.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-part-y.safetensors")  # still writing
+    live.write_bytes(b"partial")
     resumed = FeatureCache(tmp_path, {"name": "k"}, shard_size=2)
-    assert not dead.exists()
+    assert not dead.exists() and live.exists()
     assert sorted(resumed.keys()) == KEYS[:4]
     encoder = Encoder()
     resumed.get_or_compute(KEYS, encoder, batch_size=2, progress=False)

@@ -179,10 +179,10 @@ class FeatureCache:
 
     def _remove_dead_temporaries(self) -> None:
         """Delete ``.tmp-<host>-<pid>-*`` files of killed writers on this host (live writers keep theirs)."""
-        host = socket.gethostname()
+        prefix = f".tmp-{socket.gethostname()}-"  # host names may contain dashes themselves
         for tmp in self.dir.glob(".tmp-*"):
-            parts = tmp.name.split("-")
-            if len(parts) >= 4 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+            pid = tmp.name[len(prefix) :].split("-", 1)[0] if tmp.name.startswith(prefix) else ""
+            if pid.isdigit() and not _pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
 
     def refresh(self) -> None:
