@@ -26,3 +26,19 @@ def read_ids(ds: ShardDataset, *, batch_size: int = 4, num_workers: int = 0) -> 
 
 def flat(batches: list[list[int]]) -> list[int]:
     return [i for batch in batches for i in batch]
+
+
+class SlowRows(torch.utils.data.Dataset):
+    """Map-style rows that take a while each, so a conversion can be killed mid-way."""
+
+    def __init__(self, n: int, delay: float = 0.0) -> None:
+        self.n, self.delay = n, delay
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        import time
+
+        time.sleep(self.delay)
+        return {"x.npy": torch.full((2, 3), float(i)), "caption.txt": f"row {i}", "label.cls": i}

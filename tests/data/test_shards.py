@@ -5,12 +5,18 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tests.data.helpers import flat, read_ids, write_numbered
+from tests.data.helpers import SlowRows, flat, read_ids, write_numbered
 
 from fourfold.data import shards as shards_module
 from fourfold.data.shards import INDEX_NAME, ShardDataset, ShardError, ShardWriter, write_shards_from
@@ -330,3 +336,28 @@ def test_many_small_shards_with_a_wide_shuffle_buffer(tmp_path, monkeypatch):
     assert sorted(ids) == list(range(24))
     assert all(shard.samples is None for shard in ds.shards)  # member tables are dropped after the epoch
     assert [s["i"] for s in ds] == ids
+
+
+def test_sigkilled_conversion_resumes_to_identical_shards(tmp_path):
+    script = (
+        "import sys; from tests.data.helpers import SlowRows; from fourfold.data.shards import write_shards_from; "
+        "write_shards_from(SlowRows(60, delay=0.02), sys.argv[1], max_samples_per_shard=10, progress=False)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed")], env=env)
+    index = tmp_path / "killed" / INDEX_NAME
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.is_file() and len(json.loads(index.read_text())["shards"]) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(index.read_text())
+    assert not done["complete"] and 2 <= len(done["shards"]) < 6  # killed mid-way
+    write_shards_from(SlowRows(60), tmp_path / "killed", max_samples_per_shard=10, progress=False)
+    write_shards_from(SlowRows(60), tmp_path / "straight", max_samples_per_shard=10, progress=False)
+    names = sorted(p.name for p in (tmp_path / "straight").iterdir())
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == names  # no temporaries left behind
+    for name in names:
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

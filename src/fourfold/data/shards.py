@@ -206,8 +206,10 @@ class ShardWriter:
                     self._keys.add(key)
                 self.shards.append(info)
         listed = {n for s in self.shards for n in (s["name"], s["index"])}
-        for stale in self.out_dir.glob(f"*{prefix}-*"):  # temporaries and shards the index never listed
-            if stale.name not in listed and re.fullmatch(rf"\.?(tmp-)?{prefix}-\d+\.(tar|json)", stale.name):
+        # temporaries of a killed writer, and shards/tables it wrote but never listed in the index
+        own = re.compile(rf"(\.tmp-)?{prefix}-\d+\.(tar|json)|\.tmp-({prefix}-\d+\.json|{INDEX_NAME})-.+")
+        for stale in self.out_dir.iterdir():
+            if stale.name not in listed and own.fullmatch(stale.name):
                 stale.unlink()
         self._tar: tarfile.TarFile | None = None
         self._fh: io.BufferedWriter | None = None
