@@ -186,8 +186,14 @@ class ProceduralSongs:
         if not 0 <= i < self.n:
             raise IndexError(f"clip {i} out of range [0, {self.n})")
         rng = np.random.default_rng([self.seed, i, 0])
-        key = int(rng.choice(self.keys)) if self.keys else int(rng.integers(24))
-        bpm = float(rng.choice(self.tempos)) if self.tempos else float(rng.uniform(80, 140))
+        # given lists form a balanced design (song i: key i mod |keys|, then tempos in turn), so small sets
+        # have no key or tempo prior that a model could exploit
+        key = int(self.keys[i % len(self.keys)]) if self.keys else int(rng.integers(24))
+        bpm = (
+            float(self.tempos[(i // len(self.keys or [0])) % len(self.tempos)])
+            if self.tempos
+            else float(rng.uniform(80, 140))
+        )
         return {
             "key": key,
             "bpm": bpm,
