@@ -40,3 +40,25 @@ def test_styles_are_deterministic_transforms():
     assert torch.equal(apply_style(x, "inverse"), -x)
     with pytest.raises(ValueError, match="style"):
         apply_style(x, "italic")
+
+
+def test_caption_folder_reader(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from fourfold.sara.data import CaptionedImages
+
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((12, 12, 3), 255, np.uint8)).save(tmp_path / "b.jpg")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "red car"}) + "\n")
+    (tmp_path / "b.txt").write_text("blue sky\n")
+    ds = CaptionedImages(tmp_path, 8, prefix="<x> style, ")
+    assert [ds[i]["text"] for i in range(2)] == ["<x> style, red car", "<x> style, blue sky"]
+    assert ds[0]["pixel_values"].shape == (3, 8, 8) and float(ds[1]["pixel_values"].min()) == 1.0
+    assert CaptionedImages(tmp_path, 8, instance_prompt="a sks dog")[0]["text"] == "a sks dog"
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    (tmp_path / "c.txt").write_text("broken")
+    with pytest.raises(ValueError, match=r"c\.png: cannot read image"):
+        CaptionedImages(tmp_path, 8)

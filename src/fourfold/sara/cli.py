@@ -45,6 +45,9 @@ def finetune(
     lr: Annotated[str, typer.Option(help="'auto' (Eq. 12 for SaRA, 1e-4 otherwise) or a number")] = "auto",
     prefix: Annotated[str, typer.Option(help='caption prefix, e.g. "<name> style, "')] = "",
     resolution: Annotated[int | None, typer.Option()] = None,
+    instance_prompt: Annotated[
+        str | None, typer.Option(help="DreamBooth: one prompt for every image")
+    ] = None,
     method: Annotated[str, typer.Option(help="sara | lora | full")] = "sara",
     mixed_precision: Annotated[str, typer.Option(help="no | bf16 | fp16")] = "no",
     checkpoint_every: Annotated[int, typer.Option()] = 500,
@@ -67,6 +70,7 @@ def finetune(
             threshold=threshold if fraction is None else None, fraction=fraction, lambda_rank=lambda_rank,
             progressive_at=progressive_at or None, rank_min_dim=rank_min_dim, steps=steps, batch_size=batch_size,
             grad_accum=grad_accum, lr=None if lr == "auto" else float(lr), prefix=prefix, resolution=resolution,
+            instance_prompt=instance_prompt,
             mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, seed=seed,
         )  # fmt: skip
     except ValueError as err:

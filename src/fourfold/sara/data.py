@@ -19,8 +19,12 @@ from torch.utils.data import Dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def read_captions(folder: Path) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of ``folder``, sorted by file name."""
+def read_captions(folder: Path, instance_prompt: str | None = None) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of ``folder``, sorted by file name.
+
+    With ``instance_prompt`` (DreamBooth-style subject fine-tuning) every image gets that prompt and
+    captions are not needed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder not found: {folder}")
@@ -38,6 +42,8 @@ def read_captions(folder: Path) -> list[tuple[Path, str]]:
                 captions[str(row["file_name"])] = str(row["text"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(f"{meta}:{n}: expected {{'file_name': ..., 'text': ...}}: {err}") from err
+    if instance_prompt is not None:
+        return [(img, instance_prompt) for img in images]
     pairs = []
     for img in images:
         text = captions.get(img.name)
@@ -87,8 +93,9 @@ class CaptionedImages(Dataset):
         prefix: str = "",
         random_crop: bool = False,
         flip: bool = False,
+        instance_prompt: str | None = None,
     ) -> None:
-        self.pairs = read_captions(Path(folder))
+        self.pairs = read_captions(Path(folder), instance_prompt)
         self.resolution, self.prefix, self.random_crop, self.flip = resolution, prefix, random_crop, flip
         for path, _ in self.pairs:
             load_image(path, 8)  # fail now, naming the file, not mid-run

@@ -53,6 +53,9 @@ class SaraTrainConfig:
     resolution: int | None = field(
         default=None, metadata={"help": "None: the UNet's sample_size × VAE factor"}
     )
+    instance_prompt: str | None = field(
+        default=None, metadata={"help": "DreamBooth: one prompt for every image"}
+    )
     random_crop: bool = False
     flip: bool = False
     mixed_precision: str = "no"
