@@ -125,6 +125,34 @@ def vowel_error_rates(samples, items) -> dict:
     return {"own_lyrics": float(np.mean(own)), "shuffled_lyrics": float(np.mean(shuffled))}
 
 
+def prompt_carry(model, songs, tok, n: int) -> dict:
+    """Spec §8.8: with a 2 s vocal prompt from another clip of a song, does the generated song keep that
+    song's key (closed set) and tempo (within 8 %, ×2/×½ accepted)? Chance is 1/8 for key × tempo."""
+    from fourfold.metrics.music import tempo_agreement
+    from fourfold.songcreator.evaluate import accompaniment_beats, vocal_key
+    from fourfold.songcreator.layout import plan_generation, run_plan
+    from fourfold.songcreator.lyrics import NULL
+    from fourfold.songcreator.tasks import TASKS
+
+    key_ok, tempo_ok = [], []
+    for s in range(n):
+        clip = songs[s % len(songs)]
+        prompt = tok.encode_clip(songs.other_clip(s % len(songs)))
+        plan = plan_generation(
+            model.config,
+            TASKS["lyrics_to_song"],
+            vocal_prompt=prompt["vocals"][:50],
+            accompaniment_prompt=prompt["accompaniment"][:50],
+        )
+        res = run_plan(model, plan, [NULL], max_new=100, generator=torch.Generator().manual_seed(s))
+        key_ok.append(vocal_key(res.vocals, KEYS) == clip.key)
+        beats = accompaniment_beats(res.accompaniment)
+        tempo_ok.append(
+            len(beats) >= 3 and tempo_agreement(clip.bpm, 60.0 / float(np.median(np.diff(beats))))
+        )
+    return {"key": float(np.mean(key_ok)), "tempo": float(np.mean(tempo_ok))}
+
+
 def edit_check(model, items, n: int) -> dict:
     from fourfold.songcreator.layout import plan_generation, run_plan
     from fourfold.songcreator.tasks import TASKS
@@ -204,6 +232,8 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     edits = edit_check(model, held, 8)
     sung = bca_ablation(model, held, n, with_lyrics=True, strategies=("BR",))
     ver = vowel_error_rates(sung["BR"]["samples"], held)
+    held_songs, _, _, _ = _setup(16, seed=1, prompts=False)
+    carry = prompt_carry(model, held_songs, tok, 16 if quick else 32)
     gt = [stream_agreement(it["vocals"], it["accompaniment"], candidates=KEYS) for it in held]
     gt_key = float(np.mean([g["key_agree"] for g in gt if g["key_agree"] is not None]))
 
@@ -295,6 +325,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
         },
         "onset_on_grid": {"BR": br["onset_on_grid"], "None": nn_["onset_on_grid"]},
         "vowel_error_rate": ver,
+        "prompt_carry_over": carry,
         "edit": {**edits, **edit_audio},
         "task_frames": task_frames,
     }
@@ -305,6 +336,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
         "bca_br_beats_none_by_0.3": br["key_agreement"] >= nn_["key_agreement"] + 0.3,
         "bca_none_le_0.40": nn_["key_agreement"] <= 0.40,
         "lyrics_vowel_error_0.2_below_shuffled": ver["own_lyrics"] <= ver["shuffled_lyrics"] - 0.2,
+        "prompt_key_carry_ge_0.7": carry["key"] >= 0.7,
         "edit_tokens_outside_span_identical": edits["outside_span_identical"] == 1.0,
         "edit_keeps_accompaniment": edits["accompaniment_kept"] == 1.0,
         "edit_audio_bit_identical_outside_crossfades": edit_audio["bit_identical_outside_crossfades"],
