@@ -242,6 +242,16 @@ class Trainer:
             own_split = bool(getattr(self.train_data, "splits_by_rank", False))
             if own_split:
                 self.train_data.set_rank(self.rank, self.world_size)
+                if hasattr(self.train_data, "set_batch_size"):
+                    # batches then do not depend on the number of processes or loader workers
+                    self.train_data.set_batch_size(bs)
+            if (
+                own_split
+                and hasattr(self.train_data, "set_start")
+                and hasattr(self.train_data, "batches_per_epoch")
+            ):
+                yield from self._seekable_stream(start, local)
+                return
             consumed, epoch = 0, 0
             while True:
                 if hasattr(self.train_data, "set_epoch"):
@@ -268,6 +278,20 @@ class Trainer:
             for batch in self._loader(batches, epoch):
                 yield _to_device(batch, self.accelerator.device)
             micro = (epoch + 1) * per_epoch
+
+    def _seekable_stream(self, start: int, local: int) -> Iterator[Any]:
+        """A stream that can start mid-epoch without reading what it skips (e.g. ``fourfold.data.ShardDataset``)."""
+        data = self.train_data
+        per_epoch = data.batches_per_epoch()
+        if per_epoch == 0:
+            raise ValueError("the training stream has fewer samples per epoch than one batch")
+        epoch, first = divmod(start, per_epoch)
+        while True:
+            data.set_epoch(epoch)
+            data.set_start(first)
+            for batch in self._loader(None, epoch, batch_size=local):
+                yield _to_device(batch, self.accelerator.device)
+            epoch, first = epoch + 1, 0
 
     # checkpoints
 
