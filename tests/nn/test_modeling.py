@@ -164,3 +164,13 @@ def test_config_overrides_and_type_check(saved):
     assert loaded.config.tied
     with pytest.raises(TypeError, match="expects a NetConfig"):
         Net(BlockConfig())
+
+
+def test_extra_files_are_written_with_the_weights(tmp_path):
+    class Labelled(Net):
+        def _extra_files(self) -> dict[str, str]:
+            return {"labels.json": '["a", "b"]'}
+
+    Labelled(NetConfig(block=BlockConfig())).save_pretrained(tmp_path / "labelled")
+    assert json.loads((tmp_path / "labelled" / "labels.json").read_text()) == ["a", "b"]
+    assert (tmp_path / "labelled" / "model.safetensors").is_file()

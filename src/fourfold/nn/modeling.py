@@ -221,16 +221,23 @@ class PretrainedModel(nn.Module):
             seen[key] = k
         return out
 
+    def _extra_files(self) -> dict[str, str]:
+        """Text files saved beside the weights (file name -> content); subclasses add label lists, tables..."""
+        return {}
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` atomically; returns the path."""
+        """Write ``config.json`` + ``model.safetensors`` (+ ``_extra_files()``) to ``directory`` atomically."""
         weights = self._weights_to_save()
         config = {"model_type": type(self).__name__, **config_to_dict(self.config)}
+        extra = self._extra_files()
 
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_file(
                 weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": type(self).__name__}
             )
+            for name, text in extra.items():
+                (tmp / name).write_text(text)
 
         return atomic_write_dir(directory, write)
 
