@@ -85,3 +85,17 @@ def test_include_exclude_and_validation():
         sara.SaraConfig(threshold=1e-3, progressive_at=2.0)
     with pytest.raises(ValueError, match="already"):
         sara.wrap(model, sara.SaraConfig(threshold=0.05))
+
+
+def test_wrap_error_leaves_model_untouched():
+    model = make_stack()
+    with pytest.raises(ValueError, match="raise the threshold"):
+        sara.wrap(model, sara.SaraConfig(threshold=1e-30))
+    with pytest.raises(ValueError, match="sorted and unique"):
+        sara.wrap(
+            model,
+            sara.SaraConfig(threshold=1e-3, progressive_at=None),
+            indices={"fc1.weight": torch.tensor([3, 1])},
+        )
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any("parametrizations" in n for n in model.state_dict())

@@ -102,18 +102,23 @@ def wrap(
         threshold = float(config.threshold)
     else:
         threshold = resolve_fraction([p for _, p in targets], config.fraction)
-    handle = SaraHandle(model, config, threshold)
-    for name, p in model.named_parameters():
-        handle._requires_grad[name] = p.requires_grad
-        p.requires_grad_(False)
-    cls = SparseParametrization if config.backend == "sparse" else MaskedDenseParametrization
-    modules = dict(model.named_modules())
+    plan = []  # validate and select everything before the model is touched
     for name, p in targets:
         idx = indices.get(name) if indices is not None else select_indices(p, threshold)
         if idx is None or idx.numel() == 0:
             continue  # empty support: untouched, no dW computed
         if indices is not None:
             idx = _checked_indices(name, idx, p.numel())
+        plan.append((name, p, idx))
+    if not plan:
+        raise ValueError(f"sara.wrap: no entry has |w| < θ={threshold:g}; raise the threshold")
+    handle = SaraHandle(model, config, threshold)
+    for name, p in model.named_parameters():
+        handle._requires_grad[name] = p.requires_grad
+        p.requires_grad_(False)
+    cls = SparseParametrization if config.backend == "sparse" else MaskedDenseParametrization
+    modules = dict(model.named_modules())
+    for name, p, idx in plan:
         mod_name, attr = _split(name)
         module = modules[mod_name]
         pm = cls(p, idx.to(p.device))
@@ -123,8 +128,6 @@ def wrap(
         handle._param_order.setdefault(id(module), list(module._parameters))
         parametrize.register_parametrization(module, attr, pm, unsafe=True)
         handle.entries.append(_Entry(name, module, attr))
-    if not handle.entries:
-        raise ValueError(f"sara.wrap: no entry has |w| < θ={threshold:g}; raise the threshold")
     return handle
 
 
