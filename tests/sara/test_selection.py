@@ -90,7 +90,7 @@ def test_include_exclude_and_validation():
 def test_wrap_error_leaves_model_untouched():
     model = make_stack()
     with pytest.raises(ValueError, match="raise the threshold"):
-        sara.wrap(model, sara.SaraConfig(threshold=1e-30))
+        sara.wrap(model, sara.SaraConfig(threshold=1e-30, include=[r"^fc1\.weight$"]))
     with pytest.raises(ValueError, match="sorted and unique"):
         sara.wrap(
             model,
