@@ -9,6 +9,7 @@ from PIL import Image
 from fourfold.data.affordance_shapes import (
     AFFORDANCE_PART,
     OBJECTS,
+    TRAIN_OBJECTS,
     WorldConfig,
     affordances_of,
     cue_index,
@@ -30,13 +31,13 @@ def test_layout_and_readers(world):
     labels = world_labels()
     items = read_exocentric(world / "Seen/trainset/exocentric", labels)
     pairs = {(i.affordance, i.obj) for i in items}
-    assert pairs == {(a, o) for o in ("bottle", "chair", "hammer", "knife", "mug") for a in affordances_of(o)}
+    assert pairs == {(a, o) for o in TRAIN_OBJECTS for a in affordances_of(o)}
     assert len(items) == 2 * len(pairs)
     assert len(read_exocentric(world / "Unseen/trainset/exocentric", labels)) == len(items)
     seen = read_testset(world, "Seen", labels=labels)
     unseen = read_testset(world, "Unseen", labels=labels)
     assert {i.obj for i in unseen} == {"cleaver", "cup"}
-    assert len(seen) == sum(len(affordances_of(o)) for o in ("bottle", "chair", "hammer", "knife", "mug"))
+    assert len(seen) == sum(len(affordances_of(o)) for o in TRAIN_OBJECTS)
 
 
 def test_relationship_is_same_part(world):
@@ -47,6 +48,12 @@ def test_relationship_is_same_part(world):
             assert bool(r[i, j]) == (AFFORDANCE_PART[a] == AFFORDANCE_PART[b])
     rows = list(csv.DictReader((world / "relationship.csv").read_text().splitlines()))
     assert len(rows) == len(labels) * (len(labels) - 1) // 2
+
+
+def test_most_part_types_occur_on_two_training_objects():
+    parts = {p for a, p in AFFORDANCE_PART.items()}
+    shared = [p for p in parts if sum(p in OBJECTS[o] for o in TRAIN_OBJECTS) >= 2]
+    assert len(shared) >= len(parts) - 2  # all but tip and back
 
 
 def test_cues_are_shared_across_part_groups():

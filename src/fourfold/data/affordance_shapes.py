@@ -16,7 +16,8 @@ rim ...), so the relationship map "same part -> related" (INTRA §3.2's rule) is
   away: only the label text, consistent across images of one interaction, does.
 - Egocentric test image: the object alone in a new pose; the GT of an affordance is the target part's
   mask blurred with a Gaussian (σ = 3% of the side), saved 0-255 like AGD20K.
-- Seen: train and test on the five base objects. Unseen: test on held-out objects (cleaver, cup).
+- Seen: train and test on ten objects (knife, axe, mug, bowl, bottle, jar, hammer, mallet, chair, stool), so
+  most part types occur on two objects. Unseen: test on held-out objects (cleaver, handle-less cup).
 
 ``make_affordance_world(out_dir, seed)`` writes ``{Seen,Unseen}/{trainset/exocentric,testset/{egocentric,GT}}``
 plus ``relationship.csv``, ``synonyms.json``, ``heldout_texts.json`` and ``objects.json``.
@@ -92,6 +93,29 @@ OBJECTS: dict[str, dict[str, list[Poly]]] = {
         "back": [_rect(-0.7, -0.95, -0.45, -0.1)],
         "legs": [_rect(-0.7, 0.2, -0.52, 0.95), _rect(0.52, 0.2, 0.7, 0.95)],
     },
+    # more training objects, so that most part types occur on two objects: grouping by part (what R says)
+    # then differs from grouping by object, which a text-independent map could already do
+    "axe": {
+        "handle": [_rect(-1.0, -0.12, 0.45, 0.12)],
+        "blade": [[(0.3, -0.12), (0.95, -0.55), (0.95, 0.25), (0.3, 0.12)]],
+    },
+    "bowl": {
+        "body": [[(-0.8, -0.2), (0.8, -0.2), (0.5, 0.55), (-0.5, 0.55)]],
+        "rim": [_rect(-0.9, -0.42, 0.9, -0.2)],
+    },
+    "jar": {
+        "body": [_rect(-0.6, -0.25, 0.6, 0.9)],
+        "neck": [_rect(-0.35, -0.55, 0.35, -0.25)],
+        "cap": [_rect(-0.45, -0.85, 0.45, -0.55)],
+    },
+    "mallet": {
+        "handle": [_rect(-0.95, -0.1, 0.35, 0.1)],
+        "head": [_rect(0.35, -0.4, 0.95, 0.4)],
+    },
+    "stool": {
+        "seat": [_rect(-0.6, -0.3, 0.6, 0.0)],
+        "legs": [_rect(-0.55, 0.0, -0.38, 0.9), _rect(0.38, 0.0, 0.55, 0.9)],
+    },
     # held-out test objects (Unseen split)
     "cleaver": {
         "handle": [_rect(-1.0, -0.14, -0.35, 0.14)],
@@ -102,7 +126,7 @@ OBJECTS: dict[str, dict[str, list[Poly]]] = {
         "rim": [_rect(-0.58, -0.7, 0.58, -0.4)],
     },
 }
-TRAIN_OBJECTS = ("bottle", "chair", "hammer", "knife", "mug")
+TRAIN_OBJECTS = ("axe", "bottle", "bowl", "chair", "hammer", "jar", "knife", "mallet", "mug", "stool")
 TEST_OBJECTS = {"Seen": TRAIN_OBJECTS, "Unseen": ("cleaver", "cup")}
 
 PART_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -207,6 +231,11 @@ OBJECT_TINTS: dict[str, tuple[int, int, int]] = {
     "chair": (255, 0, 255),
     "cleaver": (0, 255, 255),
     "cup": (255, 255, 255),
+    "axe": (255, 128, 0),
+    "bowl": (0, 128, 255),
+    "jar": (128, 255, 0),
+    "mallet": (255, 0, 128),
+    "stool": (0, 0, 0),
 }
 TINT = 0.3  # share of the object tint in a part's colour
 
