@@ -355,4 +355,3 @@ def parse_relation_answers(
             )
         relations.append(Relation(row["a"], row["b"], verdicts[-1].startswith("yes"), source, ""))
     return RelationshipMap(labels, relations, source=source)
-
