@@ -226,3 +226,17 @@ def relmap_parse(
     rel = parse_relation_answers(rows, _labels(labels))
     rel.save(out)
     typer.echo(f"wrote {out}: {rel}")
+
+
+@app.command("convert-albef")
+def convert_albef_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="ALBEF checkpoint (.pth), loaded with weights_only=True")],
+    vocab: Annotated[Path, typer.Option(help="directory with the vocab.txt ALBEF used (bert-base-uncased)")],
+    out: Annotated[Path, typer.Option(help="output BertModel + tokenizer directory")],
+    fusion_layer: Annotated[int, typer.Option(help="text-only layers kept (ALBEF config_bert.json: 6)")] = 6,
+) -> None:
+    """Extract ALBEF's text encoder into a BERT directory usable as --text-encoder."""
+    from fourfold.intra.convert import convert_albef
+
+    convert_albef(checkpoint, vocab, out, fusion_layer)
+    typer.echo(f"wrote {out}")
