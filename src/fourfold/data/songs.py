@@ -156,7 +156,8 @@ def _env(n: int, sr: int, attack: float = 0.01, release: float = 0.04) -> np.nda
 
 class ProceduralSongs:
     """``n`` seeded clips; ``clip(i)`` synthesises clip ``i`` (cached), ``other_clip(i)`` another clip of the
-    same song (same key, tempo, singer and instruments; new melody and words) for prompts."""
+    same song (same key, tempo, singer and instruments; new melody and words) for prompts. The voice enters
+    after ``intro_beats`` instrumental beats."""
 
     def __init__(
         self,
@@ -166,6 +167,7 @@ class ProceduralSongs:
         seed: int = 0,
         keys: list[int] | None = None,
         tempos: list[float] | None = None,
+        intro_beats: int = 1,
     ) -> None:
         if n <= 0 or seconds <= 0 or sr <= 0:
             raise ValueError(f"n, seconds and sr must be positive, got {n}, {seconds}, {sr}")
@@ -173,6 +175,7 @@ class ProceduralSongs:
             raise ValueError(f"keys must index the 24 keys (0..23), got {keys}")
         self.n, self.seconds, self.sr, self.seed = n, seconds, sr, seed
         self.keys, self.tempos = keys, tempos
+        self.intro_beats = intro_beats
         self._cache: dict[tuple[int, int], SongClip] = {}
 
     def __len__(self) -> int:
@@ -236,7 +239,9 @@ class ProceduralSongs:
         words = singable_words()
         step = beat / 2 if p["eighths"] else beat
         syllables = []
-        for t in np.arange(0, self.seconds - 0.05, step):
+        # one instrumental beat before the voice enters (a pickup/intro, as songs have): the accompaniment
+        # states the key first
+        for t in np.arange(self.intro_beats * beat, self.seconds - 0.05, step):
             if rng.random() < 0.12:
                 continue  # a rest
             chord = [c for c in chords if c[0] <= t + 1e-9][-1]
