@@ -220,7 +220,7 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     if quick and (SHIPPED_CHECKPOINT / "config.json").is_file():
         model, source = DSLM.from_pretrained(SHIPPED_CHECKPOINT).eval(), "shipped checkpoint"
     else:
-        steps = 200 if quick else 2400
+        steps = 200 if quick else 800
         model, losses = _train(items, fe, tok, steps, out_dir)
         source = f"trained here ({steps} steps)"
         if not quick:
