@@ -22,7 +22,7 @@ __all__ = ["ASSET_ADAPTER", "ASSET_BASE", "run_demo"]
 ASSET_BASE = Path(__file__).parent / "assets" / "tiny_base"
 ASSET_ADAPTER = Path(__file__).parent / "assets" / "tiny_adapter"
 
-QUICK = {"clips": 160, "eval_clips": 12, "steps": 400, "seconds": 150, "eval_steps": 10, "batch": 16}
+QUICK = {"clips": 120, "eval_clips": 8, "steps": 400, "seconds": 120, "eval_steps": 10, "batch": 16}
 FULL = {"clips": 1200, "eval_clips": 40, "steps": 1500, "seconds": 1800, "eval_steps": 20, "batch": 16}
 
 
