@@ -6,6 +6,7 @@ Every submodule declares ``__all__``; this package re-exports all of them, so
 
 import importlib as _importlib
 import pkgutil as _pkgutil
+import types as _types
 
 __all__: list[str] = []
 
@@ -14,7 +15,13 @@ for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda i: i.name):
         continue
     _module = _importlib.import_module(f"{__name__}.{_info.name}")
     for _name in getattr(_module, "__all__", ()):
-        if _name in globals() and globals()[_name] is not getattr(_module, _name):
+        # a function may share its submodule's name (metrics/vlhi.py defines vlhi): the function wins
+        _existing = globals().get(_name)
+        if (
+            _existing is not None
+            and not isinstance(_existing, _types.ModuleType)
+            and _existing is not getattr(_module, _name)
+        ):
             raise ImportError(f"fourfold.metrics: name {_name!r} is exported by two submodules")
         globals()[_name] = getattr(_module, _name)
         __all__.append(_name)

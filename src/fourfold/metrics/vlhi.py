@@ -9,8 +9,6 @@ The paper's "Mean" column is computed from the mean FID/CLIP of each row, not by
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 from collections.abc import Sequence
 
@@ -19,7 +17,7 @@ import numpy as np
 __all__ = ["vlhi", "vlhi_scores"]
 
 
-def vlhi_scores(fids: Sequence[float], clip_scores: Sequence[float]) -> list[float]:
+def vlhi(fids: Sequence[float], clip_scores: Sequence[float]) -> list[float]:
     """VLHI of every row of one group; FID lower is better, CLIP score higher is better.
 
     fids, clip_scores: (rows,) with rows ≥ 2 → list of rows floats. A zero range makes that term 0
@@ -46,17 +44,4 @@ def vlhi_scores(fids: Sequence[float], clip_scores: Sequence[float]) -> list[flo
     return [float(v) for v in terms[0] + terms[1]]
 
 
-class _CallableModule(types.ModuleType):
-    """Lets ``fourfold.metrics.vlhi(fids, clips)`` work although the module and the function share a name.
-
-    The package ``__init__`` re-exports each submodule's ``__all__`` and refuses a name bound to two
-    different objects; importing this submodule binds ``fourfold.metrics.vlhi`` to the module itself, so
-    the module is made callable and exported as ``vlhi``.
-    """
-
-    def __call__(self, fids: Sequence[float], clip_scores: Sequence[float]) -> list[float]:
-        return vlhi_scores(fids, clip_scores)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-vlhi = sys.modules[__name__]
+vlhi_scores = vlhi  # the name the SaRA CLI and demo import
