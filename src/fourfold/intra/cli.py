@@ -108,12 +108,18 @@ def eval_(
     )
 
 
+SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "procedural-tiny"
+
+
 @app.command()
 def infer(
-    ckpt: Annotated[Path, typer.Option(help="run directory (OUT/final)")],
     image: Annotated[Path, typer.Option(help="object image")],
     text: Annotated[list[str], typer.Option(help="interaction text; repeat for several")],
     out: Annotated[Path, typer.Option(help="output directory")],
+    ckpt: Annotated[
+        Path | None,
+        typer.Option(help="run directory (OUT/final); default: the shipped procedural-tiny checkpoint"),
+    ] = None,
     image_encoder: Annotated[Path | None, typer.Option()] = None,
     text_encoder: Annotated[Path | None, typer.Option()] = None,
     alpha: float = 0.5,
@@ -125,6 +131,10 @@ def infer(
     from fourfold.intra.pipeline import IntraGrounder, overlay, save_heatmap_png
 
     picture = load_image(image)  # a corrupt image fails here, before anything is written
+    if ckpt is None:  # the shipped checkpoint carries its own tiny encoders
+        ckpt = SHIPPED_CHECKPOINT
+        image_encoder = image_encoder or ckpt / "image_encoder"
+        text_encoder = text_encoder or ckpt / "text_encoder"
     g = IntraGrounder.from_pretrained(ckpt, image_encoder=image_encoder, text_encoder=text_encoder)
     heats = g.ground_many(picture, text)
     out.mkdir(parents=True, exist_ok=True)
