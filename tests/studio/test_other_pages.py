@@ -8,7 +8,11 @@ from tests.studio.helpers import canvas_pixels, drag, png_bytes, wav_bytes
 
 def test_intra_heatmaps_and_pixel_scores(page, screens, studio_server):
     page.goto(page.base + "/#intra")
-    page.wait_for_selector("#intra-model.untrained")
+    # with no --models the page runs the shipped procedural-tiny checkpoint, a trained model
+    page.wait_for_function(
+        "() => document.querySelector('#intra-model').textContent.includes('procedural-tiny')"
+    )
+    assert "untrained" not in (page.get_attribute("#intra-model", "class") or "")
     page.set_input_files(
         "#intra-upload", files=[{"name": "cup.png", "mimeType": "image/png", "buffer": png_bytes()}]
     )

@@ -61,6 +61,15 @@ class ModelInfo:
         return {"system": self.system, "source": self.source, "trained": self.trained, "label": label}
 
 
+def shipped_checkpoint(system: str) -> Path | None:
+    """The small checkpoint fourfold ships for ``system`` (trained by its demo), if there is one."""
+    if system == "intra":
+        from fourfold.intra.cli import SHIPPED_CHECKPOINT
+
+        return SHIPPED_CHECKPOINT if (SHIPPED_CHECKPOINT / "model.safetensors").is_file() else None
+    return None
+
+
 class StudioModels:
     """Loads each system once, on first use (thread-safe), from ``models_dir`` or as a tiny random model."""
 
@@ -80,10 +89,9 @@ class StudioModels:
             if not self.paths[name].is_dir():
                 raise FileNotFoundError(f"{name} checkpoint folder not found: {self.paths[name]}")
             return self.paths[name]
-        if self.models_dir is None:
-            return None
-        d = self.models_dir / name
-        return d if d.is_dir() else None
+        if self.models_dir is not None and (self.models_dir / name).is_dir():
+            return self.models_dir / name
+        return shipped_checkpoint(name)
 
     def get(self, system: str):
         with LOAD_LOCK:
