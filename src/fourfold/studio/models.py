@@ -67,6 +67,10 @@ def shipped_checkpoint(system: str) -> Path | None:
         from fourfold.intra.cli import SHIPPED_CHECKPOINT
 
         return SHIPPED_CHECKPOINT if (SHIPPED_CHECKPOINT / "model.safetensors").is_file() else None
+    if system == "drawaudio":
+        from fourfold.drawaudio.demo import ASSET_ADAPTER
+
+        return ASSET_ADAPTER if (ASSET_ADAPTER / "adapter.safetensors").is_file() else None
     return None
 
 
