@@ -199,3 +199,16 @@ def test_cli_data_generate_eval(make_model, base_dir, tmp_path):
         app, ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "clips"), "--metrics", "fad"]
     )
     assert r.exit_code != 0 and "unsupported metrics" in r.output
+
+
+def test_cli_generate_runs_the_shipped_adapter_without_model(tmp_path):
+    import soundfile as sf
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "--out", str(tmp_path / "clips"), "--procedural", "1", "--seed", "4"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["generate", "--video", str(tmp_path / "clips" / "bounce_000004.mp4"), "--out",
+                            str(tmp_path / "out.wav"), "--prompt", "a red ball bounces", "--steps", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    audio, sr = sf.read(tmp_path / "out.wav")
+    assert sr == 16000 and audio.ndim == 1 and len(audio) > sr and 0 < abs(audio).max() <= 1.0

@@ -21,11 +21,15 @@ EVAL_METRICS = ("onset", "loudness")
 
 @app.command()
 def generate(
-    model: Annotated[
-        Path, typer.Option(help="adapter checkpoint directory (drawaudio_config.json + adapter.safetensors)")
-    ],
     video: Annotated[Path, typer.Option(help="input video file")],
     out: Annotated[Path, typer.Option(help="output wav")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="adapter checkpoint directory (drawaudio_config.json + adapter.safetensors); "
+            "default: the shipped tiny adapter"
+        ),
+    ] = None,
     base: Annotated[
         Path | None, typer.Option(help="base directory (default: the one recorded in the checkpoint)")
     ] = None,
