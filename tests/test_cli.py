@@ -48,3 +48,16 @@ def test_demo_writes_report_and_metrics(tmp_path):
     assert trainer["metrics"]["final_loss"] < trainer["metrics"]["first_loss"]
     page = (tmp_path / "report.html").read_text()
     assert "Shared Trainer" in page and "data:image/png;base64," in page and "<table>" in page
+
+
+def test_bad_input_prints_one_line_error_without_traceback(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = subprocess.run(
+        [sys.executable, "-m", "fourfold.cli", "intra", "infer", "--image", str(bad), "--text", "hold",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "error: ImageLoadError: cannot read image" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

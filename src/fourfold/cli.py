@@ -142,7 +142,18 @@ _register_systems()
 
 
 def main() -> None:
-    app(prog_name="fourfold")
+    """Console entry point: errors from bad input print one line naming the problem (exit 1).
+
+    ``FOURFOLD_DEBUG=1`` re-raises them with the full traceback.
+    """
+    try:
+        app(prog_name="fourfold")
+    except Exception as err:
+        if os.environ.get("FOURFOLD_DEBUG"):
+            raise
+        typer.echo(f"error: {type(err).__name__}: {err}", err=True)
+        typer.echo("(set FOURFOLD_DEBUG=1 to see the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
