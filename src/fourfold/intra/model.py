@@ -28,8 +28,7 @@ from torch import nn
 from fourfold.intra.config import IntraConfig
 from fourfold.intra.encoders import encoder_fingerprint, load_image_encoder, load_text_encoder
 from fourfold.intra.relations import RelationshipMap, SynonymTable
-from fourfold.nn import PretrainedModel, atomic_write_dir, config_to_dict
-from fourfold.nn.modeling import CONFIG_NAME, WEIGHTS_NAME
+from fourfold.nn import PretrainedModel
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IntraModel", "IntraOutput", "minmax_per_sample"]
 
@@ -215,29 +214,16 @@ class IntraModel(PretrainedModel):
 
     # saving
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """``config.json`` (encoder dirs + fingerprints), ``model.safetensors`` (trainable weights only) and
-        the relationship map, synonym table and label list when set."""
-        from safetensors.torch import save_file
-
-        weights = self._weights_to_save()
-        config = {"model_type": type(self).__name__, **config_to_dict(self.config)}
-
-        def write(tmp: Path) -> None:
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_file(
-                weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model_type": type(self).__name__}
-            )
-            if self.relationship is not None:
-                (tmp / RELATIONSHIP_FILE).write_text(self.relationship.to_csv_text())
-            if self.synonyms is not None:
-                (tmp / SYNONYMS_FILE).write_text(
-                    json.dumps({k: list(v) for k, v in self.synonyms.table.items()})
-                )
-            if self.labels is not None:
-                (tmp / LABELS_FILE).write_text(json.dumps(list(self.labels)))
-
-        return atomic_write_dir(directory, write)
+    def _extra_files(self) -> dict[str, str]:
+        """The relationship map, synonym table and label list, when set, saved beside the trainable weights."""
+        files = {}
+        if self.relationship is not None:
+            files[RELATIONSHIP_FILE] = self.relationship.to_csv_text()
+        if self.synonyms is not None:
+            files[SYNONYMS_FILE] = json.dumps({k: list(v) for k, v in self.synonyms.table.items()})
+        if self.labels is not None:
+            files[LABELS_FILE] = json.dumps(list(self.labels))
+        return files
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> IntraModel:
