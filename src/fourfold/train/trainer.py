@@ -406,12 +406,11 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _grad_norm(self) -> torch.Tensor:
-        grads = [p.grad for p in self.params if p.grad is not None]
+        """Total gradient norm before clipping; clips in place when ``max_grad_norm`` is set."""
         if self.config.max_grad_norm and self.config.max_grad_norm > 0:
             return self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
-        if not grads:
-            return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Run until ``max_steps``; ``resume=True`` continues from the newest checkpoint in ``output_dir``.
