@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shutil
 import socket
@@ -143,3 +144,25 @@ def drag(page, selector: str, points: list[tuple[float, float]], steps: int = 4)
 
 def canvas_pixels(page, selector: str) -> str:
     return page.eval_on_selector(selector, "c => c.toDataURL()")
+
+
+def touch_drag(page, selector: str, points: list[tuple[float, float]], steps: int = 4) -> None:
+    """Drag one finger through ``points`` (fractions of the element's box) with real touch input.
+
+    Chromium's DevTools protocol injects the touches at the input layer, so the page sees the same
+    touch -> pointer event sequence a phone or tablet produces (pointerType "touch").
+    """
+    box = page.locator(selector).bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, x: float | None = None, y: float | None = None) -> None:
+        pts = [] if x is None else [{"x": x, "y": y, "id": 1}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": pts})
+
+    touch("touchStart", *xy[0])
+    for (x0, y0), (x1, y1) in itertools.pairwise(xy):
+        for k in range(1, steps + 1):
+            touch("touchMove", x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps)
+    touch("touchEnd")
+    cdp.detach()

@@ -106,6 +106,38 @@ def test_multistage_reference_curve_and_cancel(page, studio_server):
     assert _last_job(studio_server, "drawaudio").status == "cancelled"
 
 
+def test_touch_draws_box_brush_and_curve(browser, studio_server):
+    """A finger on a tablet draws the same box, brush stroke and loudness curve as the mouse does."""
+    from tests.studio.helpers import touch_drag
+
+    ctx = browser.new_context(viewport={"width": 1024, "height": 1300}, has_touch=True, is_mobile=True)
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.base = studio_server.url
+    try:
+        _open(page)
+        touch_drag(page, "#da-mask", [(0.2, 0.2), (0.6, 0.7)])
+        boxes = page.evaluate("() => da.mask.maskJson().frames[0].boxes")
+        assert len(boxes) == 1
+        assert all(abs(a - b) < 0.03 for a, b in zip(boxes[0], [0.2, 0.2, 0.6, 0.7], strict=True))
+        page.check("input[name=da-tool][value=brush]")
+        blank = canvas_pixels(page, "#da-mask")
+        touch_drag(page, "#da-mask", [(0.8, 0.1), (0.9, 0.4)])
+        assert canvas_pixels(page, "#da-mask") != blank
+        # a finger dragged across the curve canvas draws the curve instead of scrolling the page
+        scroll = page.evaluate("() => window.scrollY")
+        touch_drag(page, "#da-curve", [(0.0, 0.9), (0.5, 0.1), (1.0, 0.9)], steps=12)
+        values = page.evaluate("() => da.curve.values")
+        assert values is not None and len(values) == 64
+        assert values[32] > 0.8 and values[1] < 0.2 and values[-2] < 0.2
+        assert page.evaluate("() => window.scrollY") == scroll
+    finally:
+        ctx.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
 def test_bad_uploads_show_a_message(page, tmp_path):
     from tests.studio.helpers import video_file
 

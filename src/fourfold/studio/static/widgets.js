@@ -2,6 +2,11 @@
 // waveform view with span selection, and a small line chart. Plain canvas, no dependencies.
 "use strict";
 
+// Keep receiving a pointer's moves after it leaves the canvas (a finger or pen dragging past the edge).
+function capture(canvas, e) {
+  try { canvas.setPointerCapture(e.pointerId); } catch (_) { /* synthetic events carry no live pointer */ }
+}
+
 // ---------- Mask editor: boxes keyed by time, linearly interpolated (as fourfold.drawaudio.masks) ----------
 class MaskEditor {
   constructor(canvas, onChange) {
@@ -18,9 +23,11 @@ class MaskEditor {
     this.drag = null;
     this.brushDirty = false;
     this.onChange = onChange || (() => {});
-    canvas.addEventListener("mousedown", (e) => this.down(e));
-    window.addEventListener("mousemove", (e) => this.move(e));
-    window.addEventListener("mouseup", (e) => this.up(e));
+    // Pointer events cover mouse, pen and touch alike; capture keeps a drag alive outside the canvas.
+    canvas.addEventListener("pointerdown", (e) => { capture(canvas, e); this.down(e); });
+    window.addEventListener("pointermove", (e) => this.move(e));
+    window.addEventListener("pointerup", (e) => this.up(e));
+    window.addEventListener("pointercancel", (e) => this.up(e));
   }
   pos(e) {
     const r = this.canvas.getBoundingClientRect();
@@ -169,9 +176,11 @@ class CurveEditor {
     this.duration = 1;
     this.onChange = onChange || (() => {});
     this.last = null;
-    canvas.addEventListener("mousedown", (e) => { this.last = null; this.drawing = true; this.at(e); e.preventDefault(); });
-    window.addEventListener("mousemove", (e) => { if (this.drawing) this.at(e); });
-    window.addEventListener("mouseup", () => { if (this.drawing) { this.drawing = false; this.onChange(); } });
+    canvas.addEventListener("pointerdown", (e) => { capture(canvas, e); this.last = null; this.drawing = true; this.at(e); e.preventDefault(); });
+    window.addEventListener("pointermove", (e) => { if (this.drawing) this.at(e); });
+    const end = () => { if (this.drawing) { this.drawing = false; this.onChange(); } };
+    window.addEventListener("pointerup", end);
+    window.addEventListener("pointercancel", end);
     this.draw();
   }
   at(e) {
@@ -228,14 +237,16 @@ class WaveformView {
     this.peaks = null;
     this.span = null; // [start s, end s]
     this.onSpan = onSpan || (() => {});
-    canvas.addEventListener("mousedown", (e) => { if (!this.peaks) return; this.drag = this.time(e); this.span = [this.drag, this.drag]; this.draw(); e.preventDefault(); });
-    window.addEventListener("mousemove", (e) => { if (this.drag === undefined || this.drag === null) return; const t = this.time(e); this.span = [Math.min(this.drag, t), Math.max(this.drag, t)]; this.draw(); });
-    window.addEventListener("mouseup", () => {
+    canvas.addEventListener("pointerdown", (e) => { if (!this.peaks) return; capture(canvas, e); this.drag = this.time(e); this.span = [this.drag, this.drag]; this.draw(); e.preventDefault(); });
+    window.addEventListener("pointermove", (e) => { if (this.drag === undefined || this.drag === null) return; const t = this.time(e); this.span = [Math.min(this.drag, t), Math.max(this.drag, t)]; this.draw(); });
+    const end = () => {
       if (this.drag === undefined || this.drag === null) return;
       this.drag = null;
       if (this.span && this.span[1] - this.span[0] < 0.02) this.span = null;
       this.draw(); this.onSpan(this.span);
-    });
+    };
+    window.addEventListener("pointerup", end);
+    window.addEventListener("pointercancel", end);
     this.draw();
   }
   time(e) {
