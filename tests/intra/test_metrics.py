@@ -102,8 +102,41 @@ def test_bad_inputs():
         saliency_nss(np.array([[np.nan, 1.0]]), np.ones((1, 2)))
 
 
-def test_matches_cv2_when_available():
-    cv2 = pytest.importorskip("cv2")
-    x = np.random.default_rng(1).random((17, 23)).astype(np.float32)
-    ref = cv2.resize(x, (224, 224), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_allclose(locate_resize(x), ref, atol=1e-5)
+def _cv2_inter_linear_reference(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """cv2.resize(..., INTER_LINEAR) on a float map, written out from OpenCV's ``resize`` source
+    (imgproc/src/resize.cpp, ``resizeGeneric_`` coefficient set-up): for each output index d the source
+    coordinate is f = (d + 0.5)·scale − 0.5, s = floor(f), weight a = f − s; s < 0 clamps to (s=0, a=0) and
+    s ≥ n − 1 clamps to (s=n−1, a=0); the value is (1 − a)·src[s] + a·src[s + 1], rows then columns.
+    (cv2 switches INTER_LINEAR to INTER_AREA for an exact 2× downscale; both give the 2×2 mean there.)"""
+
+    def taps(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
+        scale = n_in / n_out
+        out = []
+        for d in range(n_out):
+            f = (d + 0.5) * scale - 0.5
+            s = math.floor(f)
+            a = f - s
+            if s < 0:
+                s, a = 0, 0.0
+            if s >= n_in - 1:
+                s, a = n_in - 1, 0.0
+            out.append((s, min(s + 1, n_in - 1), a))
+        return out
+
+    rows = np.array([[(1 - a) * src[s0, x] + a * src[s1, x] for x in range(src.shape[1])]
+                     for s0, s1, a in taps(src.shape[0], out_h)])  # fmt: skip
+    return np.array([[(1 - a) * rows[y, s0] + a * rows[y, s1] for s0, s1, a in taps(src.shape[1], out_w)]
+                     for y in range(out_h)])  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(17, 23), (224, 224), (448, 300), (5, 5), (301, 97)])
+def test_locate_resize_matches_cv2_inter_linear_reference(shape):
+    # Up- and down-scaling, odd sizes and the identity: the torch resize must equal OpenCV's rule.
+    x = np.random.default_rng(sum(shape)).random(shape)
+    np.testing.assert_allclose(locate_resize(x), _cv2_inter_linear_reference(x, 224, 224), atol=1e-10)
+
+
+def test_cv2_reference_on_a_hand_example():
+    # 2 -> 4 upscale: f = (d + .5)/2 − .5 = −.25, .25, .75, 1.25 -> clamp, a=.25, a=.75, clamp.
+    ref = _cv2_inter_linear_reference(np.array([[0.0, 4.0]]), 1, 4)
+    np.testing.assert_allclose(ref, [[0.0, 1.0, 3.0, 4.0]])
