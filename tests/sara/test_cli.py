@@ -1,10 +1,9 @@
 """Acceptance test 10 (spec §8): CLI finetune (with exact resume), generate, merge, inspect on a tiny
-Stable Diffusion directory the test builds and saves (tiny CLIP text encoder and a tokenizer from a
-vocabulary written here; no download)."""
+Stable Diffusion directory the test builds and saves (``fourfold.sara.tiny.build_tiny_sd_pipeline``: tiny
+CLIP text encoder, character tokenizer; no download)."""
 
 import json
 import shutil
-import string
 
 import numpy as np
 import pytest
@@ -15,76 +14,14 @@ from typer.testing import CliRunner
 
 from fourfold import sara
 from fourfold.sara.cli import app
-
-MAX_LEN = 24
-
-
-def _tokenizer(tmp):
-    from transformers import CLIPTokenizer
-
-    chars = string.ascii_lowercase + string.digits + ",.<>!?'-"
-    vocab = {}
-    for suffix in ("", "</w>"):
-        for c in chars:
-            vocab[c + suffix] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tmp / "vocab.json").write_text(json.dumps(vocab))
-    (tmp / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), model_max_length=MAX_LEN), len(
-        vocab
-    )
-
-
-def build_tiny_sd(root):
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tok, vocab_size = _tokenizer(root.parent)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4, norm_num_groups=8,
-        sample_size=16,
-    )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    ))  # fmt: skip
-    sched = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-    )
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
-    pipe.save_pretrained(root)
-    return root
-
-
-def build_style_folder(root, n=4):
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(n):
-        arr = (rng.random((20, 24, 3)) * 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / f"img{i}.png")
-        lines.append(json.dumps({"file_name": f"img{i}.png", "text": f"a picture {i}"}))
-    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+from fourfold.sara.tiny import TINY_SD_MAX_LEN as MAX_LEN
+from fourfold.sara.tiny import build_style_folder, build_tiny_sd_pipeline, tiny_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
 def sd_dirs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sd")
-    return build_tiny_sd(tmp / "model"), build_style_folder(tmp / "style")
+    return build_tiny_sd_pipeline(tmp / "model"), build_style_folder(tmp / "style", n=4)
 
 
 def _finetune(model, data, out, *extra):
@@ -162,7 +99,7 @@ def test_finetune_rejects_bad_input(sd_dirs, tmp_path):
 def test_eval_clip_score_fd_and_vlhi(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tok, vocab_size = _tokenizer(tmp_path)
+    tok, vocab_size = tiny_clip_tokenizer()
     torch.manual_seed(0)
     cfg = CLIPConfig(
         text_config={"vocab_size": vocab_size, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
@@ -191,3 +128,20 @@ def test_eval_clip_score_fd_and_vlhi(tmp_path):
     out = json.loads(res.stdout[res.stdout.index("{\n") :])
     assert -100.0 <= out["clip_score"] <= 100.0
     assert out["fd"] > 1.0 and out["vlhi"] == {"x": 1.0, "y": 1.0}
+
+
+def test_tiny_builders_are_seeded_and_load_back(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    a = build_tiny_sd_pipeline(tmp_path / "a", seed=0)
+    b = build_tiny_sd_pipeline(tmp_path / "b", seed=0)
+    c = build_tiny_sd_pipeline(tmp_path / "c", seed=1)
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    assert (a / unet_file).read_bytes() == (b / unet_file).read_bytes() != (c / unet_file).read_bytes()
+    pipe = StableDiffusionPipeline.from_pretrained(a, safety_checker=None, requires_safety_checker=False)
+    ids = pipe.tokenizer("ink style, a cat", padding="max_length", max_length=MAX_LEN).input_ids
+    assert len(ids) == MAX_LEN and ids[0] == pipe.tokenizer.bos_token_id
+    style = build_style_folder(tmp_path / "s", n=3, caption="ink")
+    lines = [json.loads(x) for x in (style / "metadata.jsonl").read_text().splitlines()]
+    assert [x["text"] for x in lines] == ["ink 0", "ink 1", "ink 2"]
+    assert all(Image.open(style / x["file_name"]).size == (32, 32) for x in lines)

@@ -1,4 +1,6 @@
-"""Tiny-scale pieces of the SaRA demo (spec §4 "Tiny"): denoiser, prompt encoder, DigitNet, training runs.
+"""Tiny-scale pieces of SaRA: the demo's denoiser, prompt encoder, DigitNet and training runs (spec §4
+"Tiny"), and random Stable Diffusion pipeline directories plus a captioned style folder for tests and the
+studio (``build_tiny_sd_pipeline``, ``build_style_folder``, ``tiny_clip_tokenizer``).
 
 The denoiser is a pixel-space diffusers ``UNet2DConditionModel`` (in/out 1 channel, blocks (32, 64), one
 layer per block, cross-attention dim 32, head dim 8, 8 norm groups, ≈0.8M parameters); the "text encoder"
@@ -8,6 +10,9 @@ is a frozen seeded token table over ``fourfold.data.digits.TOKENS``; noise is DD
 
 from __future__ import annotations
 
+import json
+import string
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -212,3 +217,96 @@ def save_grid(images: torch.Tensor, nrow: int, path: Path, scale: int = 4) -> No
     img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+
+
+# ---- tiny random Stable Diffusion directories (tests, studio; no download) ----
+
+TINY_SD_MAX_LEN = 24  # tokenizer / text-encoder context length of the tiny pipeline
+_TOKEN_CHARS = string.ascii_lowercase + string.digits + ",.<>!?'-"
+
+
+def tiny_clip_tokenizer(folder: Path | None = None):
+    """A character-level ``CLIPTokenizer`` (no merges) → ``(tokenizer, vocab_size)``.
+
+    Its vocabulary and merges files are written to ``folder`` (a temporary folder when ``None``); the
+    tokenizer keeps what it needs in memory, so the folder may be deleted afterwards.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for suffix in ("", "</w>"):
+        for c in _TOKEN_CHARS:
+            vocab[c + suffix] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory(prefix="tiny-clip-tok-") as tmp:
+        d = Path(folder) if folder is not None else Path(tmp)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vocab.json").write_text(json.dumps(vocab))
+        (d / "merges.txt").write_text("#version: 0.2\n")
+        tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=TINY_SD_MAX_LEN)
+    return tok, len(vocab)
+
+
+def build_tiny_sd_pipeline(root: Path, seed: int = 0) -> Path:
+    """Save a random SD1.x-layout ``StableDiffusionPipeline`` directory at ``root`` (written atomically).
+
+    UNet ``UNet2DConditionModel`` blocks (16, 32) on 4×8×8 latents, cross-attention 32; VAE blocks (8, 16)
+    (16 px images); 2-layer width-32 CLIP text encoder with ``tiny_clip_tokenizer``; DDPM scaled-linear
+    0.00085..0.012 as SD1.5. Same ``seed`` → identical weights. Returns ``root``.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from fourfold.nn.modeling import atomic_write_dir
+
+    tok, vocab_size = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4, norm_num_groups=8,
+        sample_size=16,
+    )  # fmt: skip
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=TINY_SD_MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))  # fmt: skip
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, clip_sample=False, steps_offset=1)  # fmt: skip
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    return atomic_write_dir(Path(root), lambda tmp: pipe.save_pretrained(tmp))
+
+
+def build_style_folder(
+    root: Path, n: int = 8, size: int = 32, caption: str = "stripes", seed: int = 0
+) -> Path:
+    """Save a captioned image folder (image-folder convention, ``metadata.jsonl``) at ``root``, atomically.
+
+    ``n`` RGB ``size``×``size`` PNGs of diagonal stripes in warm colours (random period, phase and hue):
+    a consistent "style" to learn. Captions are ``f"{caption} {i}"``. Returns ``root``.
+    """
+    from PIL import Image
+
+    from fourfold.nn.modeling import atomic_write_dir
+
+    def write(tmp: Path) -> None:
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:size, 0:size]
+        lines = []
+        for i in range(n):
+            period = rng.integers(4, 9)
+            stripes = ((xx + yy + rng.integers(0, 8)) // period) % 2
+            colour = np.array([230, rng.integers(60, 160), 40])
+            arr = np.where(stripes[..., None] == 1, colour, 255 - colour // 3).astype(np.uint8)
+            Image.fromarray(arr).save(tmp / f"stripes{i}.png")
+            lines.append(json.dumps({"file_name": f"stripes{i}.png", "text": f"{caption} {i}"}))
+        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+    return atomic_write_dir(Path(root), write)
