@@ -198,7 +198,42 @@ def test_cli_data_generate_eval(make_model, base_dir, tmp_path):
     r = runner.invoke(
         app, ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "clips"), "--metrics", "fad"]
     )
+    assert r.exit_code != 0 and "VGGish" in r.output
+    r = runner.invoke(
+        app, ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "clips"), "--metrics", "csav"]
+    )
     assert r.exit_code != 0 and "unsupported metrics" in r.output
+
+
+def test_cli_eval_distribution_metrics_with_tiny_embedders(tmp_path):
+    """FD/KL/IS through a tiny random CNN14 and FAD through a tiny VGGish, loaded from local files."""
+    import soundfile as sf
+
+    from fourfold.audio.embedders import Cnn14Config, PANNsCnn14, VGGish, VGGishConfig, save_embedder
+
+    torch.manual_seed(0)
+    save_embedder(PANNsCnn14(Cnn14Config(widths=(4, 4, 8, 8, 8, 16), classes=5)), tmp_path / "cnn14")
+    torch.save(
+        VGGish(VGGishConfig(widths=(4, 4, 8, 8), hidden=16, dim=6)).state_dict(), tmp_path / "vggish.pt"
+    )
+    rng = np.random.default_rng(0)
+    for d in ("gen", "ref"):
+        (tmp_path / d).mkdir()
+        for i in range(10):
+            sf.write(tmp_path / d / f"c{i}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    args = ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "m.json"),
+            "--metrics", "fd,kl,is,fad", "--embedder", str(tmp_path / "cnn14"), "--embedder", str(tmp_path / "vggish.pt")]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["clips"] == 10 and all(
+        np.isfinite(m[k]) for k in ("fd", "fad", "kl_softmax", "kl_sigmoid", "is_mean")
+    )
+    assert m["is_mean"] >= 1.0 - 1e-9
+    r = CliRunner().invoke(app, ["eval", "--gen", str(tmp_path / "ref"), "--ref", str(tmp_path / "ref"), "--out",
+                                 str(tmp_path / "same.json"), "--metrics", "fd,kl", "--embedder", str(tmp_path / "cnn14")])  # fmt: skip
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert abs(same["fd"]) < 1e-6 and abs(same["kl_softmax"]) < 1e-4
 
 
 def test_cli_generate_runs_the_shipped_adapter_without_model(tmp_path):

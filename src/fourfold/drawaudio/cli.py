@@ -16,7 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EVAL_METRICS = ("onset", "loudness")
+EVAL_METRICS = ("onset", "loudness", "fd", "fad", "kl", "is")
 
 
 @app.command()
@@ -141,19 +141,41 @@ def evaluate(
     gen: Annotated[Path, typer.Option(help="folder of generated wavs")],
     ref: Annotated[Path, typer.Option(help="folder of reference wavs (paired by file name)")],
     out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("metrics.json"),
-    metrics: Annotated[str, typer.Option(help="comma list from: onset, loudness")] = "onset,loudness",
+    metrics: Annotated[
+        str,
+        typer.Option(help="comma list from: onset, loudness, fd, kl, is (need PANNs), fad (needs VGGish)"),
+    ] = "onset,loudness",
+    embedder: Annotated[
+        list[Path] | None,
+        typer.Option(help="PANNs CNN14 or VGGish weights (.safetensors/.pth/folder); repeat to give both"),
+    ] = None,
 ) -> None:
     """Paired metrics over two folders -> METRICS JSON (written atomically)."""
     from fourfold.audio.io import load_audio
-    from fourfold.metrics.audio import loudness_metrics, onset_metrics
+    from fourfold.metrics.audio import distribution_metrics, loudness_metrics, onset_metrics
     from fourfold.nn.modeling import atomic_write_text
 
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in EVAL_METRICS]
     if unknown:
         raise typer.BadParameter(
-            f"unsupported metrics {unknown}: this build evaluates {list(EVAL_METRICS)}; FD/FAD/KL/IS/CS-AV need "
-            "PANNs/VGGish/AV embedders, which fourfold does not ship yet"
+            f"unsupported metrics {unknown}: choose from {list(EVAL_METRICS)} (CS-AV needs an audio-visual "
+            "embedder, which fourfold does not provide)"
+        )
+    nets = {}
+    if embedder:
+        from fourfold.audio.embedders import PANNsCnn14, load_embedder
+
+        for path in embedder:
+            net = load_embedder(path)
+            nets["panns" if isinstance(net, PANNsCnn14) else "vggish"] = net
+    need = {"fd": "panns", "kl": "panns", "is": "panns", "fad": "vggish"}
+    lacking = sorted({need[m] for m in wanted if m in need and need[m] not in nets})
+    if lacking:
+        names = {"panns": "PANNs CNN14 (FD, KL, IS)", "vggish": "VGGish (FAD)"}
+        raise typer.BadParameter(
+            f"metrics {[m for m in wanted if need.get(m) in lacking]} need --embedder weights of "
+            + " and ".join(names[k] for k in lacking)
         )
     gens = {p.stem: p for p in sorted(gen.glob("*.wav"))}
     refs = {p.stem: p for p in sorted(ref.glob("*.wav"))}
@@ -169,6 +191,12 @@ def evaluate(
         result.update(loudness_metrics(g, r, sr))
     if "onset" in wanted:
         result.update(onset_metrics(g, sr, ref_wavs=r))
+    dist = [m for m in wanted if m in need]
+    if dist:
+        import torch
+
+        with torch.no_grad():
+            result.update(distribution_metrics(g, r, sr, dist, nets.get("panns"), nets.get("vggish")))
     atomic_write_text(out, json.dumps(result, indent=2))
     typer.echo(json.dumps(result))
 

@@ -94,11 +94,17 @@ class MAMConfig:
     # so the frozen UNet's queries know their time and can align with the time-embedded video tokens;
     # zero video tokens still give exactly the base model
     time_position: bool = True
+    # (ours) time-local video attention: a latent column at time t attends only to video tokens whose frame
+    # time is within this many seconds of t (0 = global attention over all frames, the literal §2.3 form);
+    # aligns video and audio by construction, which the tiny scale needed to learn onsets
+    time_window: float = 0.0
 
     def __post_init__(self) -> None:
         _check_in("mam.mode", self.mode, MAM_MODES)
         _check_prob("mam.token_keep_fraction", self.token_keep_fraction)
         _check_prob("mam.train_mask_prob", self.train_mask_prob)
+        if self.time_window < 0:
+            raise ValueError(f"mam.time_window must be >= 0 seconds, got {self.time_window}")
 
 
 @dataclass
@@ -231,6 +237,7 @@ class DrawAudioConfig:
                 text_max_tokens=16, vae_factor=4, cross_attention_dim=32, vocoder="griffin_lim"
             ),
             video=VideoConfig(encoder="tiny", fps=12.5, image_size=64, patch_size=16, width=32, embed_dim=64),
+            mam=MAMConfig(time_window=0.12),
             guidance=GuidanceConfig(video=3.0, text=3.0, steps=20),
             train=TrainConfig(
                 learning_rate=1e-3, warmup_steps=20, batch_size=16, max_steps=1500, mixed_precision="no"

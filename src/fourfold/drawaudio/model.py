@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import repeat
 from torch import nn
 
-from fourfold.diffusion import attach_decoupled_cross_attention, training_step
+from fourfold.diffusion import training_step
+from fourfold.drawaudio.attention import attach_video_attention
 from fourfold.drawaudio.base import AudioBase, load_base
 from fourfold.drawaudio.config import DrawAudioConfig
 from fourfold.drawaudio.masks import MaskInput
@@ -96,7 +98,9 @@ class DrawAudioModel(nn.Module):
             raise CheckpointError(
                 f"UNet cross_attention_dim {d} != config base.cross_attention_dim {cfg.base.cross_attention_dim}"
             )
-        self.video_params = attach_decoupled_cross_attention(base.unet, scale=cfg.mam.video_scale)
+        self.video_params = attach_video_attention(
+            base.unet, cfg.mam.video_scale, cfg.latent_shape[1:], cfg.duration, cfg.mam.time_window
+        )
         self.frame_encoder = build_frame_encoder(cfg)
         patches = (cfg.video.image_size // cfg.video.patch_size) ** 2
         self.video_tokenizer = VideoTokenizer(self.frame_encoder.out_dim, d, max_patches=max(patches, 1024))
@@ -236,6 +240,17 @@ class DrawAudioModel(nn.Module):
             res = res * keep.to(res)[:, None, None, None]
         return res
 
+    def token_times(self, n_tokens: int) -> torch.Tensor:
+        """Frame time (seconds from the window start) of each of ``n_tokens`` video tokens, in the
+        tokenizer's ``(s f p)`` order -> (n_tokens,)."""
+        from fourfold.audio.io import frame_times
+
+        times = torch.from_numpy(frame_times(self.cfg.duration, self.cfg.video.fps)).float()
+        per_frame, rest = divmod(n_tokens, 2 * len(times))
+        if rest or per_frame == 0:
+            raise ValueError(f"{n_tokens} video tokens are not 2 streams x {len(times)} frames x patches")
+        return repeat(times, "f -> (s f p)", s=2, p=per_frame)
+
     # denoiser
 
     def forward(
@@ -263,6 +278,8 @@ class DrawAudioModel(nn.Module):
         kwargs = {}
         if video_tokens is not None:
             kwargs = {"extra_tokens": video_tokens.to(x.dtype), "extra_mask": video_mask}
+            if self.cfg.mam.time_window > 0:
+                kwargs["extra_times"] = self.token_times(video_tokens.shape[1]).to(x.device)
             if self.time_position is not None:
                 # only samples that have video (non-zero tokens) get the time-position map
                 has_video = (video_tokens.detach().abs().amax(dim=(1, 2)) > 0).to(x.dtype)

@@ -23,6 +23,7 @@ __all__ = [
     "EVAL_MIN_SAMPLES",
     "EVAL_SR",
     "audio_fd",
+    "distribution_metrics",
     "embed_clips",
     "fad_from_frames",
     "inception_score",
@@ -180,6 +181,51 @@ def inception_score(logits, splits: int = 10, seed: int = 2020, shuffle: bool = 
         q = p[lo:hi].mean(dim=0, keepdim=True)
         scores.append(float((p[lo:hi] * (log_p[lo:hi] - q.log())).sum(dim=1).mean().exp()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def distribution_metrics(
+    gen_wavs: Sequence,
+    ref_wavs: Sequence,
+    sr: int,
+    which: Iterable[str] = ("fd", "fad", "kl", "is"),
+    panns: Callable | None = None,
+    vggish: Callable | None = None,
+) -> dict[str, float]:
+    """FD, KL, IS (PANNs CNN14) and FAD (VGGish) of paired clips, audioldm_eval style.
+
+    Every clip goes through :func:`prepare_eval_audio` (16 kHz, mean removed, ≥ 2 s). ``panns(wav)``
+    must return ``{"2048": (B, D), "logits": (B, classes)}`` (e.g. :class:`fourfold.audio.embedders.PANNsCnn14`);
+    ``vggish(wav)`` ``(B, examples, D)``. Keys: ``fd`` (per-clip "2048"), ``kl_softmax`` / ``kl_sigmoid``
+    (paired, "KL" = softmax), ``is_mean`` / ``is_std`` (generated logits, 10 splits: ≥ 10 clips), ``fad``
+    (VGGish examples pooled over all clips).
+    """
+    which = set(which)
+    unknown = which - {"fd", "fad", "kl", "is"}
+    if unknown:
+        raise ValueError(f"unknown distribution metrics {sorted(unknown)}; choose from fd, fad, kl, is")
+    if len(gen_wavs) != len(ref_wavs) or len(gen_wavs) < 2:
+        raise ValueError(
+            f"need ≥ 2 paired clips, got {len(gen_wavs)} generated and {len(ref_wavs)} reference"
+        )
+    if which & {"fd", "kl", "is"} and panns is None:
+        raise ValueError("FD, KL and IS need a PANNs CNN14 embedder")
+    if "fad" in which and vggish is None:
+        raise ValueError("FAD needs a VGGish embedder")
+    gen = [prepare_eval_audio(w, sr) for w in gen_wavs]
+    ref = [prepare_eval_audio(w, sr) for w in ref_wavs]
+    out: dict[str, float] = {}
+    if which & {"fd", "kl", "is"}:
+        g_emb, r_emb = embed_clips(panns, gen, key="2048"), embed_clips(panns, ref, key="2048")
+        g_log = np.stack(embed_clips(panns, gen, key="logits"))
+        if "fd" in which:
+            out["fd"] = audio_fd(np.stack(g_emb), np.stack(r_emb))
+        if "kl" in which:
+            out.update(kl_divergence(g_log, np.stack(embed_clips(panns, ref, key="logits"))))
+        if "is" in which:
+            out["is_mean"], out["is_std"] = inception_score(g_log)
+    if "fad" in which:
+        out["fad"] = fad_from_frames(embed_clips(vggish, gen), embed_clips(vggish, ref))
+    return out
 
 
 # loudness
