@@ -131,3 +131,15 @@ def test_sara_finetune_stop_resume_compare_download(page, screens):
     names = zipfile.ZipFile(io.BytesIO(dl.value.path().read_bytes())).namelist()
     assert {"sara-adapter/adapter_config.json", "sara-adapter/adapter_model.safetensors"} <= set(names)
     page.screenshot(path=str(screens / "studio-sara.png"), full_page=True)
+    # the session was saved to the work folder: a reloaded page lists it and opens it where it stopped
+    step = page.inner_text("#sara-step")
+    page.reload()
+    page.wait_for_selector("#sara-saved-row:not([hidden])")
+    label = page.locator("#sara-saved option").first.inner_text()
+    assert "tiny-random-sd on stripes (procedural), step " in label and label.split(", step ")[1].startswith(
+        step.replace(" ", "")
+    )
+    page.click("#sara-open")
+    page.wait_for_function("() => document.querySelector('#sara-status').textContent.startsWith('session ')")
+    assert page.inner_text("#sara-step") == step
+    assert page.is_enabled("#sara-resume") and page.is_enabled("#sara-compare")

@@ -18,6 +18,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from fourfold.nn.modeling import CheckpointError
 from fourfold.studio.files import MEDIA_TYPES, FileStore, UploadError, UploadLimits
 from fourfold.studio.jobs import Busy, JobManager
 from fourfold.studio.models import StudioModels, heavy_imports
@@ -68,6 +69,10 @@ def create_app(cfg: StudioConfig | None = None):
 
     @app.exception_handler(ValueError)
     async def _value_error(_request: Request, err: ValueError):
+        return JSONResponse({"detail": f"{type(err).__name__}: {err}"}, status_code=400)
+
+    @app.exception_handler(CheckpointError)
+    async def _checkpoint_error(_request: Request, err: CheckpointError):
         return JSONResponse({"detail": f"{type(err).__name__}: {err}"}, status_code=400)
 
     @app.exception_handler(Busy)

@@ -4,19 +4,30 @@ samples before/after and at several α; download the delta.
 The loop is the one of ``fourfold.sara.train.finetune`` (VAE latents × scaling factor, frozen CLIP text,
 ``fourfold.diffusion.training_step``, + the nuclear-norm rank loss, AdamW at ``handle.learning_rate()``,
 grad-norm clip 1, ``handle.on_step`` for progressive re-selection) written out step by step, so that the
-page can stream the loss and pause between steps: *Stop* cancels the job after the current step and the
-session (weights, optimizer moments, step counter) stays in memory; *Resume* continues from that step.
-Base models and image folders are picked by name from the folders the studio was started with.
+page can stream the loss and pause between steps: *Stop* cancels the job after the current step; *Resume*
+continues from that step.
+
+A session's training state (the SaRA values and active masks, AdamW moments, handle counters, step and loss
+history) is written atomically to ``<work>/sara-sessions/<id>/`` whenever a run stops (Stop, the last step,
+an error) and every ``SAVE_EVERY`` steps, so a session survives the studio being closed: start the studio
+again with the same ``--work`` folder and the page lists it under *Saved sessions* to resume, sample or
+download. The frozen base is not copied: it is re-read from the base directory, re-wrapped with the same
+selection, and checked against the saved support before anything is loaded. Base models and image folders
+are picked by name from the folders the studio was started with.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
+import shutil
 import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +38,10 @@ from pydantic import BaseModel, Field
 from fourfold.studio.jobs import Job
 from fourfold.studio.models import LOAD_LOCK
 
-MAX_SESSIONS = 2
+MAX_SESSIONS = 2  # sessions held in memory; older ones stay on disk and are reloaded on demand
+MAX_SAVED = 8  # sessions kept on disk (oldest pruned)
+SAVE_EVERY = 50  # steps between saves while training (a crash loses at most this many)
+SESSION_ID = re.compile(r"[0-9a-f]{10}")
 
 
 class StartIn(BaseModel):
@@ -63,6 +77,8 @@ class Session:
     optimizer: torch.optim.Optimizer
     data: object
     resolution: int
+    base_path: str = ""
+    folder_path: str = ""
     step: int = 0
     losses: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -115,10 +131,15 @@ def router(studio):
 
     r = APIRouter(prefix="/api/sara")
     sessions: dict[str, Session] = {}
+    studio.sara_sessions = sessions  # sessions held in memory (tests and the server inspect them)
 
     def session(sid: str) -> Session:
+        if not SESSION_ID.fullmatch(sid):
+            raise HTTPException(404, f"unknown fine-tuning session {sid!r}: start one")
         if sid not in sessions:
-            raise HTTPException(404, f"unknown fine-tuning session {sid}: start one")
+            if not (_sessions_root(studio) / sid / "session.json").is_file():
+                raise HTTPException(404, f"unknown fine-tuning session {sid}: start one")
+            _remember(sessions, _restore_session(studio, sid))
         return sessions[sid]
 
     @r.get("/options")
@@ -127,41 +148,29 @@ def router(studio):
         return {"bases": [{"name": k, "trained": v["trained"]} for k, v in o["bases"].items()],
                 "folders": [{"name": k, "images": _count_images(v)} for k, v in o["folders"].items()]}  # fmt: skip
 
+    @r.get("/sessions")
+    def saved():
+        """Sessions saved on disk, newest first (those of earlier studio runs with the same --work too)."""
+        return {"sessions": [_summary(m) for m in _saved_sessions(studio)]}
+
     @r.post("/start")
     def start(req: StartIn):
-        from fourfold.sara.data import CaptionedImages
-        from fourfold.sara.handle import wrap
-        from fourfold.sara.train import load_components
-
         o = _options(studio)
         if req.base not in o["bases"]:
             raise ValueError(f"unknown base model {req.base!r}; one of {sorted(o['bases'])}")
         if req.folder not in o["folders"]:
             raise ValueError(f"unknown image folder {req.folder!r}; one of {sorted(o['folders'])}")
-        torch.manual_seed(req.seed)
-        with LOAD_LOCK:
-            unet, vae, text, tok, sched = load_components(o["bases"][req.base]["path"])
-        for m in (vae, text):
-            m.requires_grad_(False).eval()
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        resolution = int(unet.config.sample_size) * factor
-        data = CaptionedImages(o["folders"][req.folder], resolution, prefix=req.prefix)
-        from fourfold.sara.config import SaraConfig
-
-        handle = wrap(unet, SaraConfig(threshold=None, fraction=req.fraction, lambda_rank=req.lambda_rank,
-                                       progressive_at=0.5, rank_min_dim=8, lr=req.lr))  # fmt: skip
-        opt = torch.optim.AdamW(handle.parameters(), lr=handle.learning_rate(), weight_decay=1e-2)
-        s = Session(uuid.uuid4().hex[:10], req, unet, vae, text, tok, sched, handle, opt, data, resolution)
-        while len(sessions) >= MAX_SESSIONS:  # keep memory bounded: drop the oldest idle session
-            oldest = next(iter(sessions))
-            sessions.pop(oldest)
-        sessions[s.id] = s
+        s = _new_session(req, o["bases"][req.base]["path"], o["folders"][req.folder], uuid.uuid4().hex[:10])
+        _remember(sessions, s)
         return _run(s)
 
     def _run(s: Session) -> dict:
         def run(job: Job) -> dict:
             with s.lock:
-                return _train(s, job)
+                try:
+                    return _train(s, job, lambda: _save_session(studio, s))
+                finally:
+                    _save_session(studio, s)  # Stop, the last step or an error: the state survives
 
         job = studio.jobs.start("sara", run)
         s.job = job.id
@@ -212,22 +221,164 @@ def router(studio):
     return r
 
 
+def _remember(sessions: dict[str, Session], s: Session) -> None:
+    """Hold ``s`` in memory, dropping the oldest sessions beyond MAX_SESSIONS (they stay on disk)."""
+    sessions.pop(s.id, None)
+    while len(sessions) >= MAX_SESSIONS:
+        sessions.pop(next(iter(sessions)))
+    sessions[s.id] = s
+
+
+def _new_session(req: StartIn, base_path: str, folder_path: str, sid: str) -> Session:
+    """Load the base, wrap its UNet with SaRA and build the optimizer (deterministic given ``req``)."""
+    from fourfold.sara.config import SaraConfig
+    from fourfold.sara.data import CaptionedImages
+    from fourfold.sara.handle import wrap
+    from fourfold.sara.train import load_components
+
+    torch.manual_seed(req.seed)
+    with LOAD_LOCK:
+        unet, vae, text, tok, sched = load_components(base_path)
+    for m in (vae, text):
+        m.requires_grad_(False).eval()
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    resolution = int(unet.config.sample_size) * factor
+    data = CaptionedImages(folder_path, resolution, prefix=req.prefix)
+    handle = wrap(unet, SaraConfig(threshold=None, fraction=req.fraction, lambda_rank=req.lambda_rank,
+                                   progressive_at=0.5, rank_min_dim=8, lr=req.lr))  # fmt: skip
+    opt = torch.optim.AdamW(handle.parameters(), lr=handle.learning_rate(), weight_decay=1e-2)
+    return Session(sid, req, unet, vae, text, tok, sched, handle, opt, data, resolution,
+                   base_path=str(base_path), folder_path=str(folder_path))  # fmt: skip
+
+
+def _sessions_root(studio) -> Path:
+    return Path(studio.work) / "sara-sessions"
+
+
+def _sara_state(unet) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """The trainable SaRA tensors (values, active masks) and a checksum of each support (indices).
+
+    The frozen base weights and the support itself are not saved: both come back from the base
+    directory, and the checksum proves the re-computed support is the one the values belong to.
+    """
+    tensors, support = {}, {}
+    for key, value in unet.state_dict().items():
+        if ".parametrizations." not in f".{key}" or key.endswith(".original") or key.endswith(".base_values"):
+            continue
+        if key.endswith(".indices"):
+            support[key] = [int(value.numel()), int(value.sum())]
+        else:
+            tensors[key] = value
+    return tensors, support
+
+
+def _save_session(studio, s: Session) -> None:
+    from safetensors.torch import save_file
+
+    from fourfold.nn.modeling import atomic_write_dir
+    from fourfold.train.checkpoint import optimizer_state_to_files
+
+    s.handle.sync()  # settle pending writes so PPA-frozen entries hold their fine-tuned values
+    tensors, support = _sara_state(s.unet)
+    meta = {"format": "fourfold-studio-sara-session/1", "id": s.id, "config": s.cfg.model_dump(),
+            "base_path": s.base_path, "folder_path": s.folder_path, "step": s.step, "losses": s.losses,
+            "handle": s.handle.state_dict(), "support": support, "saved": time.time()}  # fmt: skip
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "sara_state.safetensors"))  # fmt: skip
+        optimizer_state_to_files(s.optimizer, tmp)
+        (tmp / "session.json").write_text(json.dumps(meta))
+
+    root = _sessions_root(studio)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_dir(root / s.id, write)
+    for old in _saved_sessions(studio)[MAX_SAVED:]:
+        shutil.rmtree(root / old["id"], ignore_errors=True)
+
+
+def _saved_sessions(studio) -> list[dict]:
+    root = _sessions_root(studio)
+    out = []
+    for d in root.iterdir() if root.is_dir() else []:
+        if SESSION_ID.fullmatch(d.name) and (d / "session.json").is_file():
+            try:
+                out.append(json.loads((d / "session.json").read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue  # a damaged session is not offered; resuming it by id names the problem
+    return sorted(out, key=lambda m: -m.get("saved", 0))
+
+
+def _summary(meta: dict) -> dict:
+    cfg = meta["config"]
+    return {"session": meta["id"], "base": cfg["base"], "folder": cfg["folder"], "step": meta["step"],
+            "total_steps": cfg["steps"], "saved": meta["saved"]}  # fmt: skip
+
+
+def _restore_session(studio, sid: str) -> Session:
+    """Rebuild a saved session: same base + selection, then the saved values, moments and counters."""
+    from fourfold.nn.modeling import CheckpointError, load_safetensors_checked
+    from fourfold.train.checkpoint import optimizer_state_from_files
+
+    d = _sessions_root(studio) / sid
+    try:
+        meta = json.loads((d / "session.json").read_text())
+        req = StartIn(**meta["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"saved SaRA session {sid} is damaged ({type(err).__name__}: {err})") from err
+    o = _options(studio)
+    base = o["bases"].get(req.base, {}).get("path")
+    folder = o["folders"].get(req.folder)
+    if base is None or Path(base).resolve() != Path(meta["base_path"]).resolve():
+        raise ValueError(f"saved session {sid} fine-tunes base model {req.base!r} ({meta['base_path']}), which "
+                         "this studio does not offer: start it with the same --models/--work folders")  # fmt: skip
+    if folder is None:
+        raise ValueError(
+            f"saved session {sid} trains on image folder {req.folder!r}, which this studio does not offer"
+        )
+    s = _new_session(req, base, folder, sid)
+    tensors, support = _sara_state(s.unet)
+    if support != meta["support"]:
+        raise CheckpointError(f"saved session {sid} does not match base model {req.base!r}: the weights at "
+                              f"{base} changed since it was saved (different SaRA selection)")  # fmt: skip
+    saved = load_safetensors_checked(d / "sara_state.safetensors")
+    if set(saved) != set(tensors):
+        raise CheckpointError(
+            f"saved session {sid} holds other SaRA tensors than base model {req.base!r} gives"
+        )
+    for key, value in saved.items():
+        if value.shape != tensors[key].shape:
+            raise CheckpointError(f"saved session {sid}: {key} has shape {tuple(value.shape)}, "
+                                  f"the base gives {tuple(tensors[key].shape)}")  # fmt: skip
+    s.unet.load_state_dict(saved, strict=False)
+    for module in s.unet.modules():
+        if getattr(module, "is_sara", False):
+            # the base came fresh from its directory, not from a checkpoint holding the patch: the next
+            # write must put every saved value (PPA-frozen ones too) into it rather than read them back
+            module._base_holds_patch = False
+    s.optimizer.load_state_dict(optimizer_state_from_files(d))
+    s.handle.load_state_dict(meta["handle"])
+    s.step, s.losses = int(meta["step"]), [float(v) for v in meta["losses"]]
+    return s
+
+
 def _count_images(folder: str) -> int:
     from fourfold.sara.data import IMAGE_SUFFIXES
 
     return sum(1 for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _train(s: Session, job: Job) -> dict:
+def _train(s: Session, job: Job, save: Callable[[], None]) -> dict:
     from fourfold.diffusion.training import training_step
 
     cfg, unet = s.cfg, s.unet
     unet.train()
-    gen = torch.Generator().manual_seed(cfg.seed + s.step)
+    gen = torch.Generator()
     n = len(s.data)
     t0 = time.time()
     while s.step < cfg.steps:
         job.check()  # Stop: the session keeps its state; Resume continues at s.step
+        # a seed per step: stopped + resumed (even from disk, in a new process) == uninterrupted
+        gen.manual_seed(cfg.seed * 1_000_003 + s.step)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).tolist()
         items = [s.data[i] for i in idx]
         pixels = torch.stack([it["pixel_values"] for it in items])
@@ -239,16 +390,18 @@ def _train(s: Session, job: Job) -> dict:
         loss = training_step(unet, s.sched, latents, {"encoder_hidden_states": enc}, generator=gen).loss
         if cfg.lambda_rank > 0:
             loss = loss + s.handle.rank_loss(draw=s.step)
+        value = float(loss.detach())
+        if not np.isfinite(value):  # checked before the update, so the saved state stays the last good one
+            raise FloatingPointError(f"loss became {value} at step {s.step + 1}: lower the learning rate")
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(s.handle.parameters(), 1.0)
         s.optimizer.step()
         s.step += 1
         s.handle.on_step(s.optimizer, s.step, cfg.steps)
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {s.step}: lower the learning rate")
         s.losses.append(value)
+        if s.step % SAVE_EVERY == 0 and s.step < cfg.steps:
+            save()
         job.live = s.live()
         job.update(s.step / cfg.steps, f"step {s.step}/{cfg.steps}, loss {value:.4f}")
     unet.eval()

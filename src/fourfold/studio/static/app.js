@@ -360,7 +360,26 @@ async function saRun(startPromise) {
   } finally {
     $("sara-start").disabled = false; $("sara-stop").disabled = true;
     $("sara-compare").disabled = !sa.session; $("sara-delta").disabled = !sa.session;
+    saSaved();
   }
+}
+// Sessions saved on disk (this run's and earlier runs' with the same --work): open one to resume it.
+async function saSaved() {
+  const res = await api("/api/sara/sessions");
+  const sel = $("sara-saved");
+  sel.innerHTML = "";
+  res.sessions.forEach((m) => sel.add(new Option(
+    `${m.session}: ${m.base} on ${m.folder}, step ${m.step}/${m.total_steps}, ${new Date(m.saved * 1000).toLocaleString()}`, m.session)));
+  $("sara-saved-row").hidden = res.sessions.length === 0;
+}
+async function saOpen(sid) {
+  $("sara-status").textContent = "loading session " + sid + "…";
+  const live = await api("/api/sara/session/" + sid);
+  sa.session = sid; sa.job = null;
+  saLive(live);
+  $("sara-status").textContent = `session ${sid} at step ${live.step}` + (live.step < live.total_steps ? ": Resume continues from there" : " (finished)");
+  $("sara-resume").disabled = live.step >= live.total_steps;
+  $("sara-compare").disabled = false; $("sara-delta").disabled = false;
 }
 pages_sara = async function () {
   Widgets.drawLines($("sara-loss"), [], { empty: "the loss curve appears here while fine-tuning" });
@@ -371,7 +390,9 @@ pages_sara = async function () {
     const untrained = o.bases.every((b) => !b.trained);
     $("sara-model").textContent = untrained ? "base models: only the tiny random Stable Diffusion built at start-up — UNTRAINED: samples are noise-like; pass --models DIR with sara/<model> for a real one" : "base models from " + o.bases.map((b) => b.name).join(", ");
     $("sara-model").classList.toggle("untrained", untrained);
+    await saSaved();
   });
+  $("sara-open").onclick = () => guarded("sara", () => saOpen($("sara-saved").value));
   $("sara-start").onclick = () => guarded("sara", () => saRun(api("/api/sara/start", { json: {
     base: $("sara-base").value, folder: $("sara-folder").value, steps: +$("sara-steps").value,
     fraction: +$("sara-fraction").value, batch_size: +$("sara-batch").value,
