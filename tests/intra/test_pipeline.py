@@ -126,3 +126,50 @@ def test_cli_eval_on_agd20k_layout(world, encoder_dirs, tmp_path, tiny_model):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "ck" / "metrics.json").read_text())
     assert m["selection"] == "final" and m["n"] == len(read_testset(world, "Seen", labels=labels))
+
+
+def _train_args(world, encoder_dirs, out, *extra):
+    return ["train", "--data", f"agd20k:{world}", "--split", "Seen", "--image-encoder", encoder_dirs[0],
+            "--text-encoder", encoder_dirs[1], "--out", str(out), "--size", "tiny", "--steps", "2",
+            "--batch-size", "4", *extra]  # fmt: skip
+
+
+def test_cli_seeds_mean_std_and_validation_selection(world, encoder_dirs, tmp_path):
+    import shutil
+
+    shutil.copytree(world / "Seen" / "testset", tmp_path / "w" / "Seen" / "valset")
+    (tmp_path / "w" / "Seen" / "trainset").symlink_to(world / "Seen" / "trainset")
+    shutil.copytree(world / "Seen" / "testset", tmp_path / "w" / "Seen" / "testset")
+    w, runner = tmp_path / "w", CliRunner()
+    r = runner.invoke(app, _train_args(w, encoder_dirs, tmp_path / "run", "--seeds", "2", "--val-dir", "valset",
+                                       "--eval-every", "1"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for s in (0, 1):
+        assert (tmp_path / "run" / f"seed-{s}" / "final" / "model.safetensors").is_file()
+        sel = json.loads((tmp_path / "run" / f"seed-{s}" / "best" / "selection.json").read_text())
+        assert sel["selection"] == "validation" and sel["step"] in (1, 2)
+    r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "run"), "--data", f"agd20k:{w}", "--seeds", "2"])
+    assert r.exit_code == 0, r.output and "±" in r.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["selection"] == "final" and m["seeds"] == [0, 1] and len(m["per_seed"]) == 2
+    kld = [p["KLD"] for p in m["per_seed"]]
+    assert m["mean_std"]["KLD"]["mean"] == pytest.approx(np.mean(kld))
+    assert m["mean_std"]["KLD"]["std"] == pytest.approx(np.std(kld, ddof=1))
+    r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "run"), "--data", f"agd20k:{w}", "--seeds", "3"])
+    assert r.exit_code != 0 and "seed-2" in r.output
+
+
+def test_cli_test_set_selection_is_refused_as_validation_and_labelled(world, encoder_dirs, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, _train_args(world, encoder_dirs, tmp_path / "a", "--val-dir", "testset"))
+    assert r.exit_code != 0 and "test set" in r.output
+    with pytest.warns(UserWarning, match="LOCATE"):
+        r = runner.invoke(
+            app, _train_args(world, encoder_dirs, tmp_path / "b", "--select-on-test", "--eval-every", "1")
+        )
+    assert r.exit_code == 0, r.output
+    best = json.loads((tmp_path / "b" / "best" / "metrics.json").read_text())
+    assert best["selection"] == "test" and "LOCATE" in best["note"]
+    r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "b" / "best"), "--data", f"agd20k:{world}"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "best" / "metrics.json").read_text())["selection"] == "test"

@@ -45,15 +45,47 @@ def train(
     cache_features: Annotated[
         bool, typer.Option(help="precompute frozen features of two augmented views")
     ] = True,
+    seeds: Annotated[
+        int, typer.Option(help="train this many runs (seeds SEED..SEED+N-1) into OUT/seed-<s>/final")
+    ] = 1,
+    val_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="GT folder under ROOT/SPLIT used as a validation split: keep its best step in OUT/best"
+        ),
+    ] = None,
+    select_on_test: Annotated[
+        bool,
+        typer.Option(
+            "--select-on-test",
+            help="REPRODUCTION ONLY: keep the step with the best TEST mKLD (LOCATE's train.py practice); "
+            "its metrics say selection=test",
+        ),
+    ] = False,
+    eval_every: Annotated[int, typer.Option(help="steps between selection evaluations")] = 500,
 ) -> None:
-    """Train INTRA on exocentric images (no pixel labels)."""
-    from fourfold.data.agd20k import affordances_for, read_exocentric, read_train
+    """Train INTRA on exocentric images (no pixel labels). Reports the final step unless a selection is asked."""
+    from fourfold.data.agd20k import affordances_for, read_exocentric, read_testset, read_train
     from fourfold.intra.config import IntraConfig
+    from fourfold.intra.evaluation import best_step_eval_fn, seed_run_dir
     from fourfold.intra.model import IntraModel
     from fourfold.intra.relations import RelationshipMap, SynonymTable
     from fourfold.intra.train import IntraTrainConfig, train_intra
 
     kind, root = _parse_data(data)
+    if seeds < 1:
+        raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
+    if (val_dir is not None or select_on_test) and kind != "agd20k":
+        raise typer.BadParameter(
+            "--val-dir / --select-on-test need --data agd20k:ROOT (a GT folder to score)"
+        )
+    if val_dir is not None and select_on_test:
+        raise typer.BadParameter("pass either --val-dir (validation split) or --select-on-test, not both")
+    if val_dir == "testset":
+        raise typer.BadParameter(
+            "--val-dir testset is the test set; selection must use a separate validation folder "
+            "(--select-on-test exists only to reproduce LOCATE's practice)"
+        )
     if kind == "agd20k":
         items, labels = read_train(root, split), list(affordances_for(split))
     else:
@@ -69,43 +101,95 @@ def train(
     if size not in presets:
         raise typer.BadParameter(f"--size must be one of {sorted(presets)}")
     cfg = presets[size](image_encoder=str(image_encoder), text_encoder=str(text_encoder))
-    model = IntraModel(cfg)
-    tcfg = IntraTrainConfig(
-        output_dir=str(out), max_steps=steps, batch_size=batch_size, learning_rate=lr, seed=seed,
-        cache_image_features=cache_features,
-    )  # fmt: skip
-    result = train_intra(model, items, labels, rel, syn, tcfg)
-    typer.echo(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; model in {out / 'final'}")
+    selection, sel_items = None, None
+    if val_dir is not None or select_on_test:
+        selection = "test" if select_on_test else "validation"
+        sel_items = read_testset(root, split, "testset" if select_on_test else val_dir, labels=labels)
+    for s in range(seed, seed + seeds):
+        run = seed_run_dir(out, s) if seeds > 1 else out
+        eval_fn = best_step_eval_fn(sel_items, run, selection) if selection else None
+        torch_seed(s)
+        tcfg = IntraTrainConfig(
+            output_dir=str(run), max_steps=steps, batch_size=batch_size, learning_rate=lr, seed=s,
+            cache_image_features=cache_features,
+        )  # fmt: skip
+        result = train_intra(
+            IntraModel(cfg), items, labels, rel, syn, tcfg, eval_fn=eval_fn, eval_every=eval_every
+        )
+        best = f"; best {selection}-selected step in {run / 'best'}" if selection else ""
+        typer.echo(
+            f"seed {s}: trained {result.step} steps; final loss {result.losses[-1]:.4f}; "
+            f"model in {run / 'final'}{best}"
+        )
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)  # the trainable heads are initialised before the Trainer seeds its loop
 
 
 @app.command("eval")
 def eval_(
-    ckpt: Annotated[Path, typer.Option(help="run directory (OUT/final) written by train")],
+    ckpt: Annotated[
+        Path, typer.Option(help="run directory (OUT/final) written by train; with --seeds the train OUT")
+    ],
     data: Annotated[str, typer.Option(help="agd20k:ROOT")],
     split: Annotated[str, typer.Option(help="Seen or Unseen")] = "Seen",
     testset_dir: Annotated[
         str, typer.Option(help="test folder under ROOT/SPLIT (extended sets, Tab. S10)")
     ] = "testset",
+    seeds: Annotated[
+        int, typer.Option(help="score CKPT/seed-<s>/final for s = SEED..SEED+N-1; mean ± std (sample std)")
+    ] = 1,
+    seed: Annotated[int, typer.Option(help="first seed with --seeds")] = 0,
     image_encoder: Annotated[Path | None, typer.Option(help="override the saved image encoder path")] = None,
     text_encoder: Annotated[Path | None, typer.Option(help="override the saved text encoder path")] = None,
     out: Annotated[Path | None, typer.Option(help="metrics JSON path (default CKPT/metrics.json)")] = None,
 ) -> None:
     """Score a checkpoint on an AGD20K-layout test set: mKLD, mSIM, mNSS as LOCATE computes them."""
     from fourfold.data.agd20k import label_text, read_testset
+    from fourfold.intra.evaluation import mean_std_over_seeds, run_selection, seed_run_dir
     from fourfold.intra.pipeline import IntraGrounder, evaluate_items
     from fourfold.nn import atomic_write_text
 
     _kind, root = _parse_data(data)
-    g = IntraGrounder.from_pretrained(ckpt, image_encoder=image_encoder, text_encoder=text_encoder)
-    items = read_testset(root, split, testset_dir, labels=g.model.labels)
-    scores = evaluate_items(items, lambda ims, affs: g.ground_batch(ims, [label_text(a) for a in affs]))
-    result = {**scores.as_dict(), "split": split, "testset_dir": testset_dir, "selection": "final"}
+    if seeds < 1:
+        raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
+    runs = (
+        [Path(ckpt)] if seeds == 1 else [seed_run_dir(ckpt, s) / "final" for s in range(seed, seed + seeds)]
+    )
+    missing = [str(r) for r in runs if not (r / "config.json").is_file()]
+    if missing:
+        raise typer.BadParameter(f"no trained run at {', '.join(missing)} (train with --seeds {seeds} first)")
+    per_seed = []
+    for run in runs:
+        g = IntraGrounder.from_pretrained(run, image_encoder=image_encoder, text_encoder=text_encoder)
+        items = read_testset(root, split, testset_dir, labels=g.model.labels)
+        scores = evaluate_items(
+            items, lambda ims, affs, g=g: g.ground_batch(ims, [label_text(a) for a in affs])
+        )
+        per_seed.append({**scores.as_dict(), **run_selection(run), "run": str(run)})
+    common = {"split": split, "testset_dir": testset_dir, **run_selection(runs[0])}
+    if seeds == 1:
+        result = {**per_seed[0], **common}
+        result.pop("run")
+    else:
+        agg = mean_std_over_seeds(per_seed)
+        result = {**common, "seeds": list(range(seed, seed + seeds)), "mean_std": agg, "per_seed": per_seed}
     path = out or Path(ckpt) / "metrics.json"
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    m = scores.means()
-    typer.echo(
-        f"{split}: mKLD {m['KLD']:.3f}  mSIM {m['SIM']:.3f}  mNSS {m['NSS']:.3f}  (n={m['n']}) -> {path}"
-    )
+    if seeds == 1:
+        m = per_seed[0]
+        typer.echo(
+            f"{split}: mKLD {m['KLD']:.3f}  mSIM {m['SIM']:.3f}  mNSS {m['NSS']:.3f}  (n={m['n']}) -> {path}"
+        )
+    else:
+        typer.echo(
+            f"{split}, {seeds} seeds: "
+            + "  ".join(f"m{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in agg.items())
+            + f" -> {path}"
+        )
 
 
 SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "procedural-tiny"
