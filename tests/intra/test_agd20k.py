@@ -1,5 +1,8 @@
 """AGD20K reader on a tiny fake tree: LOCATE's id order, GT matched by stem, clear errors."""
 
+import json
+
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -9,6 +12,7 @@ from fourfold.data.agd20k import (
     AGD20KError,
     load_gt,
     read_exocentric,
+    read_mask_testset,
     read_testset,
     read_train,
 )
@@ -70,3 +74,43 @@ def test_folder_without_objects_and_single_label(tmp_path):
     img(tmp_path / "f/carry/b.png")
     items = read_exocentric(tmp_path / "f")
     assert [(i.affordance, i.obj) for i in items] == [("carry", None), ("hold", None)]
+
+
+def _mask_tree(root, label_map=None):
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "grasp").mkdir(parents=True)
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(root / "images" / "a.jpg")
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(root / "images" / "b.jpeg")
+    mask = np.zeros((6, 8), np.uint8)
+    mask[1:3, 2:5] = 3  # a label index, not 255: any non-zero pixel is the part
+    Image.fromarray(mask).save(root / "masks" / "grasp" / "a.png")
+    Image.fromarray(mask).save(root / "masks" / "grasp" / "b.png")
+    (root / "label_map.json").write_text(json.dumps(label_map or {"grasp": "hold"}))
+    return root
+
+
+def test_mask_testset_reader_binarises_and_maps_labels(tmp_path):
+    items = read_mask_testset(_mask_tree(tmp_path / "iit"))
+    assert [(it.path.name, it.affordance, it.binary_gt) for it in items] == [
+        ("a.jpg", "hold", True),
+        ("b.jpeg", "hold", True),
+    ]
+    gt = load_gt(items[0].gt_path, binary=True)
+    assert gt.sum() == 6 and set(np.unique(gt)) == {0.0, 1.0}
+
+
+def test_mask_testset_broken_trees(tmp_path):
+    with pytest.raises(AGD20KError, match="images folder"):
+        (tmp_path / "e").mkdir()
+        read_mask_testset(tmp_path / "e")
+    root = _mask_tree(tmp_path / "m", {"cut": "cut with"})
+    with pytest.raises(AGD20KError, match="no entry for 'grasp'"):
+        read_mask_testset(root)
+    root = _mask_tree(tmp_path / "o")
+    (root / "images" / "b.jpeg").unlink()
+    with pytest.raises(AGD20KError, match=r"without an image.*\['b'\]"):
+        read_mask_testset(root)
+    root = _mask_tree(tmp_path / "j")
+    (root / "label_map.json").write_text("{not json")
+    with pytest.raises(AGD20KError, match="not valid JSON"):
+        read_mask_testset(root)

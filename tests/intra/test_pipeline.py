@@ -173,3 +173,22 @@ def test_cli_test_set_selection_is_refused_as_validation_and_labelled(world, enc
     r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "b" / "best"), "--data", f"agd20k:{world}"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b" / "best" / "metrics.json").read_text())["selection"] == "test"
+
+
+def test_cli_eval_on_mask_layout(world, tiny_model, tmp_path):
+    # IIT-AFF/CAD/UMD prepared layout: images/, masks/<verb>/<stem>.png (binarised), label_map.json
+    root = tmp_path / "umd"
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "grasp").mkdir(parents=True)
+    for p in sorted((world / "Seen/testset/egocentric/hold/knife").glob("*.png")):
+        Image.open(p).save(root / "images" / p.name)
+        gt = np.asarray(Image.open(world / "Seen/testset/GT/hold/knife" / p.name))
+        Image.fromarray(((gt > 128) * 7).astype(np.uint8)).save(root / "masks" / "grasp" / p.name)
+    (root / "label_map.json").write_text(json.dumps({"grasp": "hold"}))
+    tiny_model.labels = world_labels()
+    tiny_model.save_pretrained(tmp_path / "ck")
+    r = CliRunner().invoke(app, ["eval", "--ckpt", str(tmp_path / "ck"), "--data", f"masks:{root}"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ck" / "metrics.json").read_text())
+    assert m["n"] == len(list((root / "images").iterdir())) and m["data"] == str(root)
+    assert set(m["groups"]["affordance"]) == {"hold"}

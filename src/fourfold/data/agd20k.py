@@ -33,6 +33,7 @@ __all__ = [
     "load_gt",
     "normalise_label",
     "read_exocentric",
+    "read_mask_testset",
     "read_testset",
     "read_train",
 ]
@@ -95,6 +96,7 @@ class EgoItem:
     gt_path: Path
     affordance: str
     obj: str
+    binary_gt: bool = False  # masks scored as GT = 1[mask > 0] (IIT-AFF / CAD / UMD, INTRA Tab. 2)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -180,8 +182,10 @@ def read_train(root: str | Path, split: str) -> list[ExoItem]:
     return read_exocentric(folder, labels)
 
 
-def load_gt(path: str | Path) -> np.ndarray:
-    """GT heatmap as float64 in [0, 1] (PNG / 255). RGB files become gray as cv2 does: round(.299R+.587G+.114B)."""
+def load_gt(path: str | Path, binary: bool = False) -> np.ndarray:
+    """GT heatmap as float64 in [0, 1] (PNG / 255). RGB files become gray as cv2 does: round(.299R+.587G+.114B).
+
+    ``binary``: a part mask, returned as 1[gray > 0] (how INTRA scores IIT-AFF, CAD and UMD, Tab. 2)."""
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -193,4 +197,48 @@ def load_gt(path: str | Path) -> np.ndarray:
                 arr = np.round(rgb @ np.array([0.299, 0.587, 0.114]))
     except (UnidentifiedImageError, OSError) as err:
         raise AGD20KError(f"cannot read GT heatmap {path}: {err}") from err
-    return arr / 255.0
+    return (arr > 0).astype(np.float64) if binary else arr / 255.0
+
+
+def read_mask_testset(root: str | Path) -> list[EgoItem]:
+    """A part-mask test set (IIT-AFF, CAD, UMD prepared for INTRA's Tab. 2) in this layout::
+
+        ROOT/images/<stem>.{jpg,jpeg,png}
+        ROOT/masks/<affordance>/<stem>.png      # any non-zero pixel is the part (binarised, as the paper does)
+        ROOT/label_map.json                     # {"<affordance folder>": "<text to ground>", ...}
+
+    Every mask folder needs a ``label_map.json`` entry (the dataset's verb → the interaction text, e.g.
+    ``"grasp": "hold"``); the paper does not publish its mapping, so the file is the user's. Items carry the
+    mapped text as ``affordance`` and ``binary_gt=True``. A mask without an image, an unmapped folder or an
+    empty tree is an error naming the path.
+    """
+    import json
+
+    root = _require_dir(Path(root), "mask test set")
+    images_dir = _require_dir(root / "images", "images folder")
+    masks_dir = _require_dir(root / "masks", "masks folder")
+    map_path = root / "label_map.json"
+    if not map_path.is_file():
+        raise AGD20KError(f"{map_path} not found: it maps each masks/<affordance> folder to a text")
+    try:
+        label_map = json.loads(map_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AGD20KError(f"{map_path}: not valid JSON ({err})") from err
+    if not isinstance(label_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in label_map.items()
+    ):
+        raise AGD20KError(f"{map_path}: expected an object of non-empty strings {{folder: text}}")
+    images = {p.stem: p for p in _images(images_dir)}
+    items: list[EgoItem] = []
+    for aff_dir in _subdirs(masks_dir):
+        if aff_dir.name not in label_map:
+            raise AGD20KError(f"{aff_dir}: no entry for {aff_dir.name!r} in {map_path}")
+        text = normalise_label(label_map[aff_dir.name])
+        masks = _images(aff_dir)
+        orphans = sorted(m.stem for m in masks if m.stem not in images)
+        if orphans:
+            raise AGD20KError(f"{aff_dir}: masks without an image in {images_dir}: {orphans[:5]}")
+        items += [EgoItem(images[m.stem], m, text, "", binary_gt=True) for m in masks]
+    if not items:
+        raise AGD20KError(f"{masks_dir}: no masks under masks/<affordance>/<stem>.png")
+    return items

@@ -19,8 +19,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def _parse_data(spec: str) -> tuple[str, Path]:
     kind, _, root = spec.partition(":")
-    if kind not in ("agd20k", "folder") or not root:
-        raise typer.BadParameter(f"--data must be agd20k:ROOT or folder:ROOT, got {spec!r}")
+    if kind not in ("agd20k", "folder", "masks") or not root:
+        raise typer.BadParameter(f"--data must be agd20k:ROOT, folder:ROOT or masks:ROOT, got {spec!r}")
     return kind, Path(root)
 
 
@@ -73,6 +73,8 @@ def train(
     from fourfold.intra.train import IntraTrainConfig, train_intra
 
     kind, root = _parse_data(data)
+    if kind == "masks":
+        raise typer.BadParameter("masks:ROOT is a test-set layout; train on agd20k:ROOT or folder:ROOT")
     if seeds < 1:
         raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
     if (val_dir is not None or select_on_test) and kind != "agd20k":
@@ -134,7 +136,12 @@ def eval_(
     ckpt: Annotated[
         Path, typer.Option(help="run directory (OUT/final) written by train; with --seeds the train OUT")
     ],
-    data: Annotated[str, typer.Option(help="agd20k:ROOT")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="agd20k:ROOT, or masks:ROOT (IIT-AFF/CAD/UMD: images/, masks/<aff>/, label_map.json)"
+        ),
+    ],
     split: Annotated[str, typer.Option(help="Seen or Unseen")] = "Seen",
     testset_dir: Annotated[
         str, typer.Option(help="test folder under ROOT/SPLIT (extended sets, Tab. S10)")
@@ -148,12 +155,14 @@ def eval_(
     out: Annotated[Path | None, typer.Option(help="metrics JSON path (default CKPT/metrics.json)")] = None,
 ) -> None:
     """Score a checkpoint on an AGD20K-layout test set: mKLD, mSIM, mNSS as LOCATE computes them."""
-    from fourfold.data.agd20k import label_text, read_testset
+    from fourfold.data.agd20k import label_text, read_mask_testset, read_testset
     from fourfold.intra.evaluation import mean_std_over_seeds, run_selection, seed_run_dir
     from fourfold.intra.pipeline import IntraGrounder, evaluate_items
     from fourfold.nn import atomic_write_text
 
-    _kind, root = _parse_data(data)
+    kind, root = _parse_data(data)
+    if kind == "folder":
+        raise typer.BadParameter("eval needs GT: --data agd20k:ROOT or masks:ROOT")
     if seeds < 1:
         raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
     runs = (
@@ -165,12 +174,16 @@ def eval_(
     per_seed = []
     for run in runs:
         g = IntraGrounder.from_pretrained(run, image_encoder=image_encoder, text_encoder=text_encoder)
-        items = read_testset(root, split, testset_dir, labels=g.model.labels)
+        if kind == "masks":
+            items = read_mask_testset(root)
+        else:
+            items = read_testset(root, split, testset_dir, labels=g.model.labels)
         scores = evaluate_items(
             items, lambda ims, affs, g=g: g.ground_batch(ims, [label_text(a) for a in affs])
         )
         per_seed.append({**scores.as_dict(), **run_selection(run), "run": str(run)})
-    common = {"split": split, "testset_dir": testset_dir, **run_selection(runs[0])}
+    where = {"data": str(root)} if kind == "masks" else {"split": split, "testset_dir": testset_dir}
+    common = {**where, **run_selection(runs[0])}
     if seeds == 1:
         result = {**per_seed[0], **common}
         result.pop("run")
@@ -182,7 +195,7 @@ def eval_(
     if seeds == 1:
         m = per_seed[0]
         typer.echo(
-            f"{split}: mKLD {m['KLD']:.3f}  mSIM {m['SIM']:.3f}  mNSS {m['NSS']:.3f}  (n={m['n']}) -> {path}"
+            f"{split if kind == 'agd20k' else root}: mKLD {m['KLD']:.3f}  mSIM {m['SIM']:.3f}  mNSS {m['NSS']:.3f}  (n={m['n']}) -> {path}"
         )
     else:
         typer.echo(

@@ -125,7 +125,7 @@ def evaluate_items(
         chunk = items[lo : lo + batch_size]
         images = [load_image(it.path) for it in chunk]
         preds += list(predict(images, [it.affordance for it in chunk]))
-        gts += [load_gt(it.gt_path) for it in chunk]
+        gts += [load_gt(it.gt_path, binary=it.binary_gt) for it in chunk]
     groups = {"affordance": [it.affordance for it in items], "object": [it.obj for it in items]}
     return saliency_scores(preds, gts, groups=groups)
 
