@@ -23,12 +23,12 @@ TASK_NAMES = "lyrics-to-song, lyrics-to-vocals, lyrics-to-vocals-only, accompani
 
 
 def _pipeline(model: Path | None):
-    from fourfold.songcreator.pipeline import SongCreatorPipeline
+    """``--model DIR`` or, without it, the shipped trained procedural pipeline."""
+    from fourfold.songcreator.pipeline import SHIPPED_PIPELINE, SongCreatorPipeline
 
     if model is None:
-        raise typer.BadParameter(
-            "pass --model DIR (a directory written by SongCreatorPipeline.save_pretrained)"
-        )
+        typer.echo(f"using the shipped procedural-tiny pipeline ({SHIPPED_PIPELINE})", err=True)
+        return SongCreatorPipeline.shipped()
     return SongCreatorPipeline.from_pretrained(model)
 
 
@@ -81,7 +81,9 @@ def generate(
     accompaniment: Annotated[
         Path | None, typer.Option(help="a given accompaniment (accompaniment-to-song)")
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="pipeline directory")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="pipeline directory (default: the shipped procedural-tiny pipeline)")
+    ] = None,
     seed: int = 0,
     top_k: int = 50,
     temperature: float = 0.9,
@@ -138,7 +140,7 @@ def edit(
 
 @app.command()
 def train(
-    stage: Annotated[str, typer.Option(help="dslm | tokenizer | vq")] = "dslm",
+    stage: Annotated[str, typer.Option(help="dslm | tokenizer | vq | renderer")] = "dslm",
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/songcreator"),
     data: Annotated[
         Path | None, typer.Option(help="song tree (ROOT/songs/...); default: procedural songs")
@@ -147,17 +149,30 @@ def train(
     steps: int = 300,
     batch_size: int = 16,
     songs: Annotated[int, typer.Option(help="procedural songs when --data is absent")] = 64,
+    tokens: Annotated[
+        Path | None, typer.Option(help="dslm: a folder of token files from `data tokenize` (real data)")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="dslm/renderer on real data: the BEST-RQ tokenizer directory")
+    ] = None,
 ) -> None:
-    """Train one stage. ``dslm`` without --data trains on procedural songs with oracle tokens and saves a
-    full pipeline; ``tokenizer`` trains BEST-RQ and ``vq`` its VQ on the audio of --data."""
+    """Train one stage. ``dslm`` trains on --tokens (real token files) or, without it, on procedural songs
+    with oracle tokens, and saves a full pipeline; ``tokenizer`` trains BEST-RQ and ``vq`` its VQ on the
+    audio of --data; ``renderer`` trains the latent-diffusion renderer (procedural songs by default)."""
     import torch
 
     if config not in ("tiny", "paper"):
         raise typer.BadParameter(f"--config must be tiny or paper, got {config!r}")
+    if stage == "dslm" and tokens is not None:
+        _train_dslm_tokens(tokens, tokenizer, out, config, steps, batch_size)
+        return
+    if stage == "renderer":
+        _train_renderer(out, data, tokenizer, songs, steps, batch_size)
+        return
     if stage == "dslm":
         if data is not None:
             raise typer.BadParameter(
-                "DSLM training on a real tree needs cached tokens: run `data tokenize` (see docs)"
+                "DSLM training on a real tree reads cached tokens: run `data tokenize`, then pass --tokens DIR"
             )
         from fourfold.data.songs import ProceduralSongs
         from fourfold.songcreator.config import DSLMConfig
@@ -242,36 +257,171 @@ def train(
             vq.save_pretrained(out / "vq")
         typer.echo(f"wrote {out}")
         return
-    raise typer.BadParameter(
-        f"--stage must be dslm, tokenizer or vq, got {stage!r} (renderer: see docs/songcreator.md)"
+    raise typer.BadParameter(f"--stage must be dslm, tokenizer, vq or renderer, got {stage!r}")
+
+
+def _train_dslm_tokens(tokens: Path, tokenizer: Path | None, out: Path, config: str, steps: int, batch: int):
+    """DSLM on real token files through the shared Trainer; saves ``out/pipeline``."""
+    from fourfold.songcreator.config import DSLMConfig
+    from fourfold.songcreator.dslm import DSLM
+    from fourfold.songcreator.lyrics import LyricsFrontend
+    from fourfold.songcreator.pipeline import SongCreatorPipeline
+    from fourfold.songcreator.token_data import load_token_items, token_codebook_size
+    from fourfold.songcreator.training import train_dslm
+
+    fe = LyricsFrontend()
+    base = DSLMConfig.tiny() if config == "tiny" else DSLMConfig.paper(lyrics_vocab_size=512)
+    cfg = DSLMConfig(
+        **{
+            **base.__dict__,
+            "codebook_size": token_codebook_size(tokens),
+            "lyrics_vocab_size": max(fe.vocab_size, base.lyrics_vocab_size),
+        }
+    )
+    items = load_token_items(tokens, fe, max_frames=cfg.max_stream_tokens)
+    model = DSLM(cfg)
+    result = train_dslm(model, items, out / "train", steps=steps, batch_size=batch, progress=True)
+    tok = None
+    if tokenizer is not None:
+        from fourfold.songcreator.bestrq import SemanticTokenizer
+
+        tok = SemanticTokenizer.from_pretrained(tokenizer)
+        if tok.codebook_size != cfg.codebook_size:
+            raise typer.BadParameter(
+                f"--tokenizer has {tok.codebook_size} codes, the token files {cfg.codebook_size}"
+            )
+    SongCreatorPipeline(model, fe, tokenizer=tok).save_pretrained(out / "pipeline")
+    typer.echo(
+        f"{len(items)} clips; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; pipeline in {out / 'pipeline'}"
+    )
+
+
+def _train_renderer(out: Path, data: Path | None, tokenizer: Path | None, songs: int, steps: int, batch: int):
+    """The latent-diffusion renderer: VAE for ``steps // 2`` steps, then the U-Net for ``steps``."""
+    import torch
+
+    from fourfold.songcreator.ldm_renderer import (
+        LatentDiffusionRenderer,
+        LatentDiffusionRendererConfig,
+        train_ldm_renderer,
+    )
+
+    if data is None:
+        from fourfold.data.songs import ProceduralSongs
+        from fourfold.songcreator.demo import KEYS, TEMPOS
+        from fourfold.songcreator.oracle import ProceduralLabelTokenizer
+        from fourfold.songcreator.ship import training_examples
+
+        tok = ProceduralLabelTokenizer()
+        examples = training_examples(
+            ProceduralSongs(songs, seconds=4.0, seed=0, keys=KEYS, tempos=TEMPOS), tok
+        )
+        cfg = LatentDiffusionRendererConfig.tiny(tok.codebook_size)
+    else:
+        if tokenizer is None:
+            raise typer.BadParameter("--stage renderer --data ROOT needs --tokenizer DIR (BEST-RQ + VQ)")
+        from fourfold.data.songs import SongStems
+        from fourfold.songcreator.bestrq import SemanticTokenizer
+
+        tok = SemanticTokenizer.from_pretrained(tokenizer)
+        base = LatentDiffusionRendererConfig.paper()
+        cfg = LatentDiffusionRendererConfig(
+            **{
+                **base.__dict__,
+                "codebook_size": tok.codebook_size,
+                "sample_rate": tok.sample_rate,
+                "token_rate": tok.token_rate,
+            }
+        )
+        reader = SongStems(data, "train", sr=cfg.sample_rate)
+        examples = []
+        for sid in reader.songs():
+            for clip in reader.clips(sid):
+                for kind, key in (
+                    ("vocals", "vocals"),
+                    ("accompaniment", "accompaniment"),
+                    ("song", "mixture"),
+                ):
+                    wav = torch.as_tensor(clip[key], dtype=torch.float32)
+                    examples.append((tok.encode(wav, clip["sample_rate"])[0], wav, kind))
+        if not examples:
+            raise typer.BadParameter(f"{data}: no training songs")
+    model = LatentDiffusionRenderer(cfg)
+    losses = train_ldm_renderer(
+        model, examples, vae_steps=max(1, steps // 2), unet_steps=steps, batch_size=batch, log=typer.echo
+    )
+    model.save_pretrained(out / "renderer")
+    typer.echo(
+        f"VAE loss {losses['vae'][0]:.3f} -> {losses['vae'][-1]:.3f}; U-Net loss {losses['unet'][0]:.3f} -> "
+        f"{losses['unet'][-1]:.3f}; renderer in {out / 'renderer'}"
     )
 
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[Path, typer.Option(help="pipeline directory (procedural oracle tokens)")],
-    metrics: Annotated[str, typer.Option(help="comma list of: harmony, edit")] = "harmony,edit",
+    model: Annotated[
+        Path | None, typer.Option(help="pipeline directory (default: the shipped procedural-tiny pipeline)")
+    ] = None,
+    metrics: Annotated[
+        str, typer.Option(help="comma list of: harmony, edit, fad, mcd, secs, per")
+    ] = "harmony,edit",
     n: int = 64,
+    vggish: Annotated[
+        Path | None, typer.Option(help="fad: VGGish weights (our directory or torchvggish .pth)")
+    ] = None,
+    speaker_encoder: Annotated[
+        Path | None, typer.Option(help="secs: speaker encoder (our directory or Resemblyzer pretrained.pt)")
+    ] = None,
+    phoneme_model: Annotated[
+        Path | None, typer.Option(help="per: a local Wav2Vec2ForCTC phoneme model directory")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="audio metrics: seconds generated per song")] = 4.0,
     out: Annotated[Path | None, typer.Option(help="write metrics JSON here")] = None,
 ) -> None:
-    """Harmony (key agreement, onsets on grid; BR vs None) and editing checks on procedural songs."""
+    """Metrics on procedural songs (oracle tokens): harmony (key agreement, onsets on grid; BR vs None),
+    editing checks, and the paper's audio metrics FAD / MCD / SECS / PER from rendered songs."""
     from fourfold.songcreator.demo import _setup, bca_ablation, edit_check
 
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
-    known = {"harmony", "edit"}
+    known = {"harmony", "edit", "fad", "mcd", "secs", "per"}
     unknown = sorted(set(wanted) - known)
     if unknown:
         raise typer.BadParameter(
-            f"unknown metric(s) {unknown}; available here: {sorted(known)} (FAD/MCD/SECS/PER: docs)"
+            f"unknown metric(s) {unknown}; available: {sorted(known)} (MOS needs human raters)"
         )
+    if "secs" in wanted and speaker_encoder is None:
+        raise typer.BadParameter("--metrics secs needs --speaker-encoder PATH")
+    if "per" in wanted and phoneme_model is None:
+        raise typer.BadParameter("--metrics per needs --phoneme-model DIR")
     pipe = _pipeline(model)
-    _, _, _, items = _setup(64)
     result = {}
-    if "harmony" in wanted:
-        abl = bca_ablation(pipe.dslm, items, n)
-        result["harmony"] = {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in abl.items()}
-    if "edit" in wanted:
-        result["edit"] = edit_check(pipe.dslm, items, min(n, 16))
+    if {"harmony", "edit"} & set(wanted):
+        _, _, _, items = _setup(64)
+        if "harmony" in wanted:
+            abl = bca_ablation(pipe.dslm, items, n)
+            result["harmony"] = {
+                k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in abl.items()
+            }
+        if "edit" in wanted:
+            result["edit"] = edit_check(pipe.dslm, items, min(n, 16))
+    audio = {"fad", "mcd", "secs", "per"} & set(wanted)
+    if audio:
+        from fourfold.songcreator.evaluate import audio_metrics
+
+        songs, _, tok, _ = _setup(max(2, min(n, 16)), seed=1, prompts=False)
+        result.update(
+            audio_metrics(
+                pipe,
+                songs,
+                tok,
+                audio,
+                n=len(songs),
+                vggish=vggish,
+                speaker_encoder=speaker_encoder,
+                phoneme_model=phoneme_model,
+                seconds=seconds,
+            )
+        )
     text = json.dumps(result, indent=1)
     if out is not None:
         from fourfold.nn.modeling import atomic_write_text
@@ -304,10 +454,10 @@ def data_tokenize(
 ) -> None:
     """Encode every packed clip's mixture and stems into codes (one safetensors file per clip, atomic)."""
     import torch
-    from safetensors.torch import save_file
 
     from fourfold.data.songs import SongStems
     from fourfold.songcreator.bestrq import SemanticTokenizer
+    from fourfold.songcreator.token_data import write_token_file
 
     tok = SemanticTokenizer.from_pretrained(tokenizer)
     reader = SongStems(root, split, sr=tok.sample_rate)
@@ -320,9 +470,9 @@ def data_tokenize(
                 for k in ("mixture", "vocals", "accompaniment")
             }
             target = out / f"{clip['id'].replace('/', '_')}.safetensors"
-            tmp = target.with_suffix(".tmp")
-            save_file(codes, str(tmp), metadata={"lyrics": clip["lyrics"] or "", "id": clip["id"]})
-            tmp.replace(target)
+            write_token_file(
+                target, codes, clip_id=clip["id"], lyrics=clip["lyrics"], codebook_size=tok.codebook_size
+            )
             count += 1
     typer.echo(f"wrote {count} token files to {out}")
 

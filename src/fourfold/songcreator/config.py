@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["NUM_STREAM_SPECIALS", "DSLMConfig"]
+__all__ = ["NUM_STREAM_SPECIALS", "PAPER_LYRICS_VOCAB", "DSLMConfig", "parameter_breakdown"]
 
 # Stream vocabulary = codes, then PAD, BOS, EOS, EDIT, MASK (spec §2.3).
 NUM_STREAM_SPECIALS = 5
+# The paper's DSLM has 631M parameters (§4.1). Every size the paper states (d 1024, 16 heads, FFN 4096,
+# layers 4 / 8 / 8 / 4, 16,384 codes) gives 523.3M with a 512-row lyrics table; the one size it leaves
+# open is the lyric vocabulary (it names no lyric unit; its songs are Chinese and English, where text
+# vocabularies run to ~100k entries). paper() fills the 107.7M gap there (ours): 105,664 rows -> 631.0M.
+PAPER_LYRICS_VOCAB = 105_664
 
 
 @dataclass
@@ -92,8 +97,10 @@ class DSLMConfig:
         return self.max_prompt_tokens + self.max_stream_tokens + 2
 
     @classmethod
-    def paper(cls) -> DSLMConfig:
-        return cls()
+    def paper(cls, lyrics_vocab_size: int = PAPER_LYRICS_VOCAB) -> DSLMConfig:
+        """Tab 12 sizes; ``lyrics_vocab_size`` defaults to the row count that gives the paper's 631M
+        (see :data:`PAPER_LYRICS_VOCAB`); pass your front end's size for a leaner model (512 -> 523.3M)."""
+        return cls(lyrics_vocab_size=lyrics_vocab_size)
 
     @classmethod
     def tiny(cls, codebook_size: int = 256, lyrics_vocab_size: int = 128) -> DSLMConfig:
@@ -113,3 +120,17 @@ class DSLMConfig:
             max_prompt_tokens=100,
             token_rate=25.0,
         )
+
+
+def parameter_breakdown(config: DSLMConfig) -> dict[str, int]:
+    """Parameters per DSLM part, counted on the meta device (no memory, ~0.1 s at paper size)."""
+    import torch
+
+    from fourfold.songcreator.dslm import DSLM
+
+    with torch.device("meta"):
+        model = DSLM(config)
+    parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
+    parts = {k: v for k, v in parts.items() if v}
+    parts["total"] = sum(p.numel() for p in model.parameters())
+    return parts

@@ -24,7 +24,8 @@ from fourfold.report import DemoResult, Media, Table
 
 __all__ = ["SHIPPED_CHECKPOINT", "SHIPPED_COMMAND", "run_demo"]
 
-SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "procedural-tiny"
+# the DSLM inside the shipped pipeline folder (fourfold.songcreator.pipeline.SHIPPED_PIPELINE)
+SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "procedural-tiny" / "dslm"
 SHIPPED_COMMAND = (
     "python -c 'from fourfold.songcreator.demo import run_demo; run_demo(\"runs/sc\", quick=False)'"
 )

@@ -4,8 +4,14 @@ Named steps: :meth:`encode_inputs` (audio -> semantic codes, seconds -> frames),
 (the task's stream layout), :meth:`sample` (DSLM), :meth:`render` (codes -> audio, edits spliced).
 
 Audio inputs are a path or ``(wav, sr)`` (encoded by the BEST-RQ tokenizer), a 1-D tensor of codes, or
-``{"codes": codes, "audio": (wav, sr)}`` (codes for the LM, the waveform kept outside an edited span). Saved layout: ``DIR/dslm/``, ``DIR/lyrics_vocab.json``, optional ``DIR/tokenizer/``
-(BEST-RQ + VQ) and ``DIR/renderer/``.
+``{"codes": codes, "audio": (wav, sr)}`` (codes for the LM, the waveform kept outside an edited span). Saved layout (one folder, written atomically)::
+
+    DIR/pipeline.json       {"format", "dslm", "renderer": class name | null, "tokenizer": class name | null}
+    DIR/lyrics_vocab.json   the lyrics front end (backend, character table)
+    DIR/dslm/               DSLM config.json + model.safetensors
+    DIR/renderer/           optional: TokenMelRenderer | CentroidRenderer | LatentDiffusionRenderer
+    DIR/tokenizer/          optional: BEST-RQ + VQ (SemanticTokenizer); the weight-free
+                            ProceduralLabelTokenizer is only named in pipeline.json
 """
 
 from __future__ import annotations
@@ -18,13 +24,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourfold.nn.modeling import CheckpointError, atomic_write_text
+from fourfold.nn.modeling import CheckpointError, atomic_write_dir
 from fourfold.songcreator.dslm import DSLM
 from fourfold.songcreator.layout import plan_generation, run_plan
 from fourfold.songcreator.lyrics import LyricsFrontend
 from fourfold.songcreator.tasks import get_task
 
-__all__ = ["SongCreatorPipeline", "SongOutput"]
+__all__ = ["PIPELINE_FORMAT", "SHIPPED_PIPELINE", "SongCreatorPipeline", "SongOutput"]
+
+PIPELINE_FORMAT = "fourfold-songcreator-pipeline/1"
+# Trained on procedural songs by the demo; remade by the command in its README.md.
+SHIPPED_PIPELINE = Path(__file__).parent / "checkpoints" / "procedural-tiny"
+
+
+def _renderer_classes() -> dict:
+    from fourfold.songcreator.ldm_renderer import LatentDiffusionRenderer
+    from fourfold.songcreator.renderer import CentroidRenderer, TokenMelRenderer
+
+    return {c.__name__: c for c in (TokenMelRenderer, CentroidRenderer, LatentDiffusionRenderer)}
 
 
 @dataclass
@@ -49,47 +66,73 @@ class SongCreatorPipeline:
     # persistence
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        d = Path(directory)
-        self.dslm.save_pretrained(d / "dslm")
-        self.frontend.save(d)
-        parts = {"renderer": None, "tokenizer": None}
-        if self.renderer is not None:
-            self.renderer.save_pretrained(d / "renderer")
-            parts["renderer"] = type(self.renderer).__name__
-        if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(d / "tokenizer")
-            parts["tokenizer"] = type(self.tokenizer).__name__
-        elif self.tokenizer is not None:
-            parts["tokenizer"] = type(self.tokenizer).__name__
-        atomic_write_text(d / "pipeline.json", json.dumps(parts, indent=1) + "\n")
-        return d
+        """Write everything generation needs into ``directory`` atomically (see :data:`PIPELINE_LAYOUT`)."""
+        parts: dict = {"format": PIPELINE_FORMAT, "dslm": "dslm", "renderer": None, "tokenizer": None}
+
+        def write(tmp: Path) -> None:
+            self.dslm.save_pretrained(tmp / "dslm")
+            self.frontend.save(tmp)
+            if self.renderer is not None:
+                self.renderer.save_pretrained(tmp / "renderer")
+                parts["renderer"] = type(self.renderer).__name__
+            if self.tokenizer is not None:
+                if hasattr(self.tokenizer, "save_pretrained"):
+                    self.tokenizer.save_pretrained(tmp / "tokenizer")
+                parts["tokenizer"] = type(self.tokenizer).__name__
+            (tmp / "pipeline.json").write_text(json.dumps(parts, indent=1) + "\n")
+
+        return atomic_write_dir(directory, write)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> SongCreatorPipeline:
-        from fourfold.songcreator.renderer import CentroidRenderer, TokenMelRenderer
-
+        """Load a folder written by :meth:`save_pretrained`; a missing or partial folder raises
+        :class:`~fourfold.nn.modeling.CheckpointError` naming the missing part."""
         d = Path(directory)
+        if not d.is_dir():
+            raise CheckpointError(f"{d}: no such SongCreator pipeline directory")
         if not (d / "pipeline.json").is_file():
             raise CheckpointError(f"{d}: not a SongCreator pipeline (missing pipeline.json)")
-        parts = json.loads((d / "pipeline.json").read_text())
+        try:
+            parts = json.loads((d / "pipeline.json").read_text())
+            if not isinstance(parts, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            raise CheckpointError(f"{d / 'pipeline.json'}: unreadable ({err})") from err
+        for sub, needed in (("dslm", True), ("renderer", bool(parts.get("renderer")))):
+            if needed and not (d / sub / "config.json").is_file():
+                raise CheckpointError(f"{d}: partial pipeline, missing {d / sub / 'config.json'}")
         renderer = None
         if parts.get("renderer"):
-            kinds = {"TokenMelRenderer": TokenMelRenderer, "CentroidRenderer": CentroidRenderer}
+            kinds = _renderer_classes()
             if parts["renderer"] not in kinds:
-                raise CheckpointError(f"{d / 'pipeline.json'}: unknown renderer {parts['renderer']!r}")
+                raise CheckpointError(
+                    f"{d / 'pipeline.json'}: unknown renderer {parts['renderer']!r} (known: {sorted(kinds)})"
+                )
             renderer = kinds[parts["renderer"]].from_pretrained(d / "renderer")
         tokenizer = None
         if parts.get("tokenizer") == "SemanticTokenizer":
             from fourfold.songcreator.bestrq import SemanticTokenizer
 
+            if not (d / "tokenizer").is_dir():
+                raise CheckpointError(f"{d}: partial pipeline, missing {d / 'tokenizer'}")
             tokenizer = SemanticTokenizer.from_pretrained(d / "tokenizer")
         elif parts.get("tokenizer") == "ProceduralLabelTokenizer":
             from fourfold.songcreator.oracle import ProceduralLabelTokenizer
 
             tokenizer = ProceduralLabelTokenizer()
-        return cls(
-            DSLM.from_pretrained(d / "dslm"), LyricsFrontend.load(d), tokenizer=tokenizer, renderer=renderer
-        )
+        elif parts.get("tokenizer"):
+            raise CheckpointError(f"{d / 'pipeline.json'}: unknown tokenizer {parts['tokenizer']!r}")
+        dslm = DSLM.from_pretrained(d / "dslm")
+        if renderer is not None and renderer.config.codebook_size != dslm.config.codebook_size:
+            raise CheckpointError(
+                f"{d}: renderer has {renderer.config.codebook_size} codes but the DSLM {dslm.config.codebook_size}"
+            )
+        return cls(dslm, LyricsFrontend.load(d), tokenizer=tokenizer, renderer=renderer)
+
+    @classmethod
+    def shipped(cls) -> SongCreatorPipeline:
+        """The trained procedural-tiny pipeline shipped with the package (:data:`SHIPPED_PIPELINE`)."""
+        return cls.from_pretrained(SHIPPED_PIPELINE)
 
     # steps
 
@@ -109,7 +152,11 @@ class SongCreatorPipeline:
         if isinstance(x, torch.Tensor) and x.dtype in (torch.int64, torch.int32):
             return x.flatten().long()
         if self.tokenizer is None or not hasattr(self.tokenizer, "encode"):
-            raise ValueError(f"{name}: audio input needs a BEST-RQ tokenizer; this pipeline takes codes only")
+            raise ValueError(
+                f"{name}: audio input needs a BEST-RQ tokenizer; this pipeline has "
+                f"{type(self.tokenizer).__name__ if self.tokenizer is not None else 'none'} and takes codes only "
+                "(a 1-D LongTensor, or a .safetensors file with a 'codes' tensor on the CLI)"
+            )
         if isinstance(x, (str, os.PathLike)):
             from fourfold.audio.io import load_audio
 
