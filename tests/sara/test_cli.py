@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 from fourfold import sara
 from fourfold.sara.cli import app
 from fourfold.sara.tiny import TINY_SD_MAX_LEN as MAX_LEN
-from fourfold.sara.tiny import build_style_folder, build_tiny_sd_pipeline, tiny_clip_tokenizer
+from fourfold.sara.tiny import (
+    build_style_folder,
+    build_tiny_sd3_pipeline,
+    build_tiny_sd_pipeline,
+    build_tiny_sdxl_pipeline,
+    tiny_clip_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +151,56 @@ def test_tiny_builders_are_seeded_and_load_back(tmp_path):
     lines = [json.loads(x) for x in (style / "metadata.jsonl").read_text().splitlines()]
     assert [x["text"] for x in lines] == ["ink 0", "ink 1", "ink 2"]
     assert all(Image.open(style / x["file_name"]).size == (32, 32) for x in lines)
+
+
+def test_dreambooth_instance_prompt_and_prior_preservation(sd_dirs, tmp_path):
+    model, _ = sd_dirs
+    # instance images without captions: only --instance-prompt names them
+    inst = tmp_path / "dog"
+    inst.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(inst / f"d{i}.png")
+    cls = build_style_folder(tmp_path / "class", n=3)
+    out = tmp_path / "db"
+    args = ["finetune", "--model", str(model), "--data", str(inst), "--out", str(out), "--fraction", "0.05",
+            "--steps", "2", "--batch-size", "2", "--no-progress", "--instance-prompt", "a sks dog",
+            "--class-data", str(cls), "--class-prompt", "a dog", "--prior-loss-weight", "0.5"]  # fmt: skip
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert "prior_loss" in log[-1] and (out / "adapter" / "adapter_model.safetensors").is_file()
+    from fourfold.sara.data import CaptionedImages, WithPriorImages
+
+    ds = WithPriorImages(CaptionedImages(inst, 8, instance_prompt="a sks dog"),
+                         CaptionedImages(cls, 8, instance_prompt="a dog"))  # fmt: skip
+    assert [ds[i]["text"] for i in range(2)] == ["a sks dog"] * 2 and ds[1]["class_text"] == "a dog"
+    with pytest.raises(ValueError, match="class_data_dir needs"):
+        from fourfold.sara.train import SaraTrainConfig
+
+        SaraTrainConfig(class_data_dir=str(cls), instance_prompt="a sks dog")
+
+
+@pytest.mark.parametrize("builder", [build_tiny_sdxl_pipeline, build_tiny_sd3_pipeline], ids=["sdxl", "sd3"])
+def test_finetune_generate_merge_sdxl_and_sd3(builder, sd_dirs, tmp_path):
+    from fourfold.sara.pipelines import denoiser_of, load_pipeline
+
+    _, data = sd_dirs
+    model = builder(tmp_path / "model")
+    run = tmp_path / "run"
+    res = _finetune(model, data, run, "--steps", "2", "--checkpoint-every", "2")
+    assert json.loads(res.stdout[res.stdout.index("{") :])["kind"] in ("sdxl", "sd3")
+    base = denoiser_of(load_pipeline(model)[0])
+    p0 = {k: v.clone() for k, v in base.state_dict().items()}
+    sara.load(base, run / "adapter").merge_and_unload()
+    assert sum(int((base.state_dict()[k] != p0[k]).sum()) for k in p0) > 0
+    (tmp_path / "p.txt").write_text("a cat\n")
+    res = CliRunner().invoke(app, ["generate", "--model", str(model), "--prompts", str(tmp_path / "p.txt"),
+                                   "--out", str(tmp_path / "gen"), "--steps", "2", "--adapter", str(run / "adapter")],
+                             catch_exceptions=False)  # fmt: skip
+    assert res.exit_code == 0 and (tmp_path / "gen" / "0000.png").is_file(), res.output
+    res = CliRunner().invoke(app, ["merge", "--model", str(model), "--adapter", str(run / "adapter"), "--out",
+                                   str(tmp_path / "merged")], catch_exceptions=False)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    merged = denoiser_of(load_pipeline(tmp_path / "merged")[0])
+    for k, v in base.state_dict().items():
+        assert torch.equal(merged.state_dict()[k], v), k

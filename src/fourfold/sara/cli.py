@@ -31,7 +31,7 @@ def _adapter_spec(spec: str) -> tuple[Path, float]:
 
 @app.command()
 def finetune(
-    model: Annotated[Path, typer.Option(help="diffusers SD1.x/2.x model directory (local)")],
+    model: Annotated[Path, typer.Option(help="diffusers SD1.x/2.x, SDXL or SD3 model directory (local)")],
     data: Annotated[Path, typer.Option(help="image folder with metadata.jsonl or .txt captions")],
     out: Annotated[Path, typer.Option(help="output directory")],
     threshold: Annotated[float | None, typer.Option(help="θ: train entries with |w| < θ")] = None,
@@ -48,6 +48,11 @@ def finetune(
     instance_prompt: Annotated[
         str | None, typer.Option(help="DreamBooth: one prompt for every image")
     ] = None,
+    class_data: Annotated[
+        Path | None, typer.Option(help="DreamBooth prior preservation: class image folder")
+    ] = None,
+    class_prompt: Annotated[str | None, typer.Option(help="prompt of the class images")] = None,
+    prior_loss_weight: Annotated[float, typer.Option(help="weight of the class (prior) loss")] = 1.0,
     method: Annotated[str, typer.Option(help="sara | lora | full")] = "sara",
     mixed_precision: Annotated[str, typer.Option(help="no | bf16 | fp16")] = "no",
     checkpoint_every: Annotated[int, typer.Option()] = 500,
@@ -70,7 +75,8 @@ def finetune(
             threshold=threshold if fraction is None else None, fraction=fraction, lambda_rank=lambda_rank,
             progressive_at=progressive_at or None, rank_min_dim=rank_min_dim, steps=steps, batch_size=batch_size,
             grad_accum=grad_accum, lr=None if lr == "auto" else float(lr), prefix=prefix, resolution=resolution,
-            instance_prompt=instance_prompt,
+            instance_prompt=instance_prompt, class_data_dir=None if class_data is None else str(class_data),
+            class_prompt=class_prompt, prior_loss_weight=prior_loss_weight,
             mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, seed=seed,
         )  # fmt: skip
     except ValueError as err:
@@ -95,7 +101,7 @@ def _apply_adapters(unet, adapters: list[str]) -> None:
 
 @app.command()
 def generate(
-    model: Annotated[Path, typer.Option(help="diffusers SD1.x/2.x model directory")],
+    model: Annotated[Path, typer.Option(help="diffusers SD1.x/2.x, SDXL or SD3 model directory")],
     prompts: Annotated[Path, typer.Option(help="text file, one prompt per line")],
     out: Annotated[Path, typer.Option(help="output directory for PNGs")],
     adapter: Annotated[
@@ -111,16 +117,15 @@ def generate(
     """Generate one PNG per prompt (fixed seeds) with the base model plus SaRA adapters."""
     _offline()
     import torch
-    from diffusers import StableDiffusionPipeline
+
+    from fourfold.sara.pipelines import denoiser_of, load_pipeline
 
     lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
     if not lines:
         raise typer.BadParameter(f"{prompts}: no prompts")
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False,
-                                                   dtype=torch.float32)  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
+    pipe, _ = load_pipeline(model)  # SD1.x/2.x, SDXL or SD3
     if adapter:
-        _apply_adapters(pipe.unet, adapter)
+        _apply_adapters(denoiser_of(pipe), adapter)
     out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(lines):
         gen = torch.Generator().manual_seed(seed + i)
@@ -138,11 +143,10 @@ def merge(
 ) -> None:
     """Bake adapters into the UNet and save a complete diffusers model directory."""
     _offline()
-    import torch
-    from diffusers import DiffusionPipeline
+    from fourfold.sara.pipelines import denoiser_of, load_pipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, dtype=torch.float32)
-    _apply_adapters(pipe.unet, adapter)
+    pipe, _ = load_pipeline(model)
+    _apply_adapters(denoiser_of(pipe), adapter)
     pipe.save_pretrained(out)
     typer.echo(f"merged model written to {out}")
 

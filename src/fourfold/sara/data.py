@@ -107,3 +107,23 @@ class CaptionedImages(Dataset):
         path, text = self.pairs[i]
         img = load_image(path, self.resolution, random_crop=self.random_crop, flip=self.flip)
         return {"pixel_values": img, "text": self.prefix + text}
+
+
+class WithPriorImages(Dataset):
+    """DreamBooth prior preservation: instance items paired with class items (``class_`` keys).
+
+    Item ``i`` is instance ``i`` plus class image ``i mod len(class)``, so every instance image is seen
+    once per epoch together with a class image, as diffusers' ``train_dreambooth.py`` pairs them.
+    """
+
+    def __init__(self, instance: CaptionedImages, prior: CaptionedImages) -> None:
+        if len(prior) == 0:
+            raise ValueError("prior-preservation class folder holds no images")
+        self.instance, self.prior = instance, prior
+
+    def __len__(self) -> int:
+        return len(self.instance)
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.prior[i % len(self.prior)]
+        return {**self.instance[i], "class_pixel_values": c["pixel_values"], "class_text": c["text"]}

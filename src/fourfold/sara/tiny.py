@@ -310,3 +310,81 @@ def build_style_folder(
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
 
     return atomic_write_dir(Path(root), write)
+
+
+def _tiny_clip_text(vocab_size: int, with_projection: bool, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=TINY_SD_MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1, projection_dim=32, hidden_act="gelu",
+    )  # fmt: skip
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg)
+
+
+def _tiny_vae(**kw):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4, norm_num_groups=8,
+        sample_size=16, **kw,
+    )  # fmt: skip
+
+
+def build_tiny_sdxl_pipeline(root: Path, seed: int = 0) -> Path:
+    """Save a random SDXL-layout ``StableDiffusionXLPipeline`` directory at ``root`` (atomically).
+
+    Two width-32 CLIP text encoders (the second with a 32-d projection), UNet with ``text_time`` added
+    conditioning (cross-attention 64 = both encoders' states concatenated), 4×8×8 latents, 16 px images.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from fourfold.nn.modeling import atomic_write_dir
+
+    tok, vocab_size = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids × 8 + pooled text (32)
+    )  # fmt: skip
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   timestep_spacing="leading", steps_offset=1)  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=_tiny_clip_text(vocab_size, False, seed + 1),
+        text_encoder_2=_tiny_clip_text(vocab_size, True, seed + 2), tokenizer=tok, tokenizer_2=tok, unet=unet,
+        scheduler=sched,
+    )  # fmt: skip
+    return atomic_write_dir(Path(root), lambda tmp: pipe.save_pretrained(tmp))
+
+
+def build_tiny_sd3_pipeline(root: Path, seed: int = 0) -> Path:
+    """Save a random SD3-layout ``StableDiffusion3Pipeline`` directory at ``root`` (atomically).
+
+    One-layer ``SD3Transformer2DModel`` (patch 1, 4 heads × 8, joint attention 64), two width-32 CLIP text
+    encoders with projections (pooled 64), no T5 (``text_encoder_3=None``, allowed by diffusers), a VAE
+    with SD3's shift/scaling factors, flow-matching Euler scheduler; 4×8×8 latents, 16 px images.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from fourfold.nn.modeling import atomic_write_dir
+
+    tok, vocab_size = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
+    )  # fmt: skip
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=_tiny_clip_text(vocab_size, True, seed + 1), tokenizer=tok,
+        text_encoder_2=_tiny_clip_text(vocab_size, True, seed + 2), tokenizer_2=tok,
+        text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    return atomic_write_dir(Path(root), lambda tmp: pipe.save_pretrained(tmp))

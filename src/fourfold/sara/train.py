@@ -2,7 +2,8 @@
 
 As diffusers' ``train_text_to_image.py``: latents = VAE(x)·scaling_factor, t ~ U{0..T−1}, target ε or v per
 the scheduler's ``prediction_type``, MSE (mean, fp32); the text encoder is frozen; caption = prefix +
-caption; only the denoiser is wrapped. Runs through the shared :class:`fourfold.train.Trainer`
+caption; only the denoiser is wrapped. SD1.x/2.x, SDXL and SD3 directories (:mod:`fourfold.sara.pipelines`);
+DreamBooth with an instance prompt and optional prior preservation (class images, ``prior_loss_weight``). Runs through the shared :class:`fourfold.train.Trainer`
 (AdamW, cosine, clipping, atomic checkpoints, exact resume).
 """
 
@@ -56,6 +57,14 @@ class SaraTrainConfig:
     instance_prompt: str | None = field(
         default=None, metadata={"help": "DreamBooth: one prompt for every image"}
     )
+    class_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "DreamBooth prior preservation: folder of class images (e.g. made by `generate`)"},
+    )
+    class_prompt: str | None = field(
+        default=None, metadata={"help": "prompt of every class image (e.g. 'a photo of a dog')"}
+    )
+    prior_loss_weight: float = 1.0  # weight of the class-image loss (diffusers train_dreambooth.py default)
     random_crop: bool = False
     flip: bool = False
     mixed_precision: str = "no"
@@ -70,6 +79,12 @@ class SaraTrainConfig:
             if self.fraction is not None:
                 self.threshold = None
             self.adapter_config()  # validates threshold/fraction/λ/PPA
+        if self.class_data_dir is not None and (self.instance_prompt is None or self.class_prompt is None):
+            raise ValueError(
+                "SaraTrainConfig.class_data_dir needs instance_prompt and class_prompt (DreamBooth)"
+            )
+        if self.prior_loss_weight < 0:
+            raise ValueError(f"SaraTrainConfig.prior_loss_weight must be ≥ 0, got {self.prior_loss_weight}")
         for name in ("steps", "batch_size", "grad_accum", "lora_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SaraTrainConfig.{name} must be ≥ 1, got {getattr(self, name)}")
@@ -131,19 +146,20 @@ def load_components(model_dir: str | Path):
 def finetune(cfg: SaraTrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``cfg.model_dir``'s UNet on ``cfg.data_dir``; writes ``output_dir/adapter`` (SaRA),
     ``lora/`` or ``unet/``, plus the Trainer's checkpoints and ``train_log.jsonl``. Returns a summary."""
-    from fourfold.diffusion.training import training_step
-    from fourfold.sara.data import CaptionedImages
+    from fourfold.sara.data import CaptionedImages, WithPriorImages
     from fourfold.sara.handle import wrap
+    from fourfold.sara.pipelines import load_parts
     from fourfold.train import Trainer, TrainerConfig
 
-    unet, vae, text, tok, sched = load_components(cfg.model_dir)
-    for m in (vae, text):
-        m.requires_grad_(False).eval()
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    resolution = cfg.resolution or int(unet.config.sample_size) * vae_factor
-    data = CaptionedImages(
-        cfg.data_dir, resolution, prefix=cfg.prefix, random_crop=cfg.random_crop, flip=cfg.flip
-    )
+    parts = load_parts(cfg.model_dir)
+    unet = parts.denoiser  # a UNet2DConditionModel (SD, SDXL) or SD3Transformer2DModel (SD3)
+    resolution = cfg.resolution or parts.resolution
+    data = CaptionedImages(cfg.data_dir, resolution, prefix=cfg.prefix, random_crop=cfg.random_crop, flip=cfg.flip,
+                           instance_prompt=cfg.instance_prompt)  # fmt: skip
+    if cfg.class_data_dir is not None:
+        prior = CaptionedImages(cfg.class_data_dir, resolution, random_crop=cfg.random_crop, flip=cfg.flip,
+                                instance_prompt=cfg.class_prompt)  # fmt: skip
+        data = WithPriorImages(data, prior)
 
     handle, lr = None, cfg.lr or FULL_LORA_LR
     if cfg.method == "sara":
@@ -161,17 +177,16 @@ def finetune(cfg: SaraTrainConfig, *, resume: bool = False, progress: bool = Tru
 
     holder: dict[str, Trainer] = {}
 
+    def denoising_loss(model, pixels, texts) -> torch.Tensor:
+        return parts.loss(model, pixels, texts)
+
     def loss_fn(model, batch):
-        device = batch["pixel_values"].device
-        with torch.no_grad():
-            latents = (
-                vae.to(device).encode(batch["pixel_values"]).latent_dist.sample() * vae.config.scaling_factor
-            )
-            ids = tok(list(batch["text"]), padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(device)  # fmt: skip
-            enc = text.to(device)(ids)[0]
-        loss = training_step(model, sched, latents, {"encoder_hidden_states": enc}).loss
+        loss = denoising_loss(model, batch["pixel_values"], batch["text"])
         logs = {"diffusion_loss": float(loss.detach())}
+        if "class_pixel_values" in batch:  # DreamBooth: instance loss + w · class (prior) loss
+            prior = denoising_loss(model, batch["class_pixel_values"], batch["class_text"])
+            logs["prior_loss"] = float(prior.detach())
+            loss = loss + cfg.prior_loss_weight * prior
         if handle is not None and cfg.lambda_rank > 0:
             rank = handle.rank_loss(draw=holder["t"].step)  # same tensor for every micro-batch of a step
             logs["rank_loss"] = float(rank.detach())
@@ -192,7 +207,7 @@ def finetune(cfg: SaraTrainConfig, *, resume: bool = False, progress: bool = Tru
     result = trainer.fit(resume=resume)
 
     out = Path(cfg.output_dir)
-    summary: dict[str, Any] = {"method": cfg.method, "steps": result.step, "lr": lr, "resolution": resolution,
+    summary: dict[str, Any] = {"method": cfg.method, "kind": parts.kind, "steps": result.step, "lr": lr, "resolution": resolution,
                                "final_loss": result.losses[-1] if result.losses else None}  # fmt: skip
     if handle is not None:
         handle.save_pretrained(out / "adapter")
@@ -207,6 +222,6 @@ def finetune(cfg: SaraTrainConfig, *, resume: bool = False, progress: bool = Tru
         save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()},
                   str(out / "lora" / "adapter_model.safetensors"))  # fmt: skip
     else:
-        unet.save_pretrained(out / "unet")
+        unet.save_pretrained(out / ("transformer" if parts.kind == "sd3" else "unet"))
     atomic_write_text(out / "sara_train_config.json", cfg.to_json())
     return summary
