@@ -7,7 +7,7 @@
   Frames are pooled per set, then :func:`fourfold.metrics.frechet.frechet_distance_from_features`.
 * **SECS** with a Resemblyzer-architecture speaker encoder (Wan et al. 2018 GE2E as Resemblyzer ships it):
   40-band mel power spectrogram (16 kHz, 25 ms / 10 ms), 3-layer LSTM (256), Linear(256→256) + ReLU,
-  L2-normalised; an utterance is the normalised mean of 1.6 s partials at 50 % overlap. SECS is the cosine
+  L2-normalised; an utterance is the normalised mean of 1.6 s partials taken 1.3 times a second. SECS is the cosine
   of two utterance embeddings. (Resemblyzer's webrtcvad silence trimming is not applied.)
 * **PER** with a phoneme CTC recogniser (a transformers ``Wav2Vec2ForCTC`` directory with its tokenizer):
   greedy CTC decoding, then Levenshtein (S + D + I) / N over phones (:func:`fourfold.metrics.music.error_rate`).
@@ -190,7 +190,9 @@ class SpeakerEncoderConfig:
     layers: int = 3
     embedding_dim: int = 256
     partial_frames: int = 160  # 1.6 s partials
-    overlap: float = 0.5
+    partials_per_second: float = (
+        1.3  # Resemblyzer's default rate: a partial every round(100 / 1.3) = 77 frames
+    )
 
     @classmethod
     def tiny(cls) -> SpeakerEncoderConfig:
@@ -237,11 +239,11 @@ class SpeakerEncoder(PretrainedModel):
 
     @torch.no_grad()
     def embed_utterance(self, wav, sr: int) -> np.ndarray:
-        """Mean of partial embeddings (1.6 s, 50 % overlap), L2-normalised."""
+        """Mean of partial embeddings (1.6 s, one every 0.77 s), L2-normalised."""
         self.eval()
         mel = self.mel(wav, sr)
         p = self.config.partial_frames
-        step = max(1, round(p * (1 - self.config.overlap)))
+        step = max(1, round(100 / self.config.partials_per_second))
         if len(mel) < p:
             mel = np.pad(mel, ((0, p - len(mel)), (0, 0)))
         starts = range(0, len(mel) - p + 1, step)

@@ -8,7 +8,8 @@
    weights; key agreement (closed set of the 4 keys) and vocal onsets on the accompaniment's eighth grid.
    Lyrics following: vowel error rate of vocals sung from held-out lyrics vs a shuffled-lyrics control.
 4. Editing: ``edit_vocals_in_song`` keeps every token outside the span and the whole accompaniment.
-5. Every task once, rendered with the training-free :class:`~fourfold.songcreator.renderer.CentroidRenderer`.
+5. Every task once, rendered with the shipped latent-diffusion renderer (quick) or a fitted
+   :class:`~fourfold.songcreator.renderer.CentroidRenderer` (full).
 """
 
 from __future__ import annotations
@@ -208,7 +209,6 @@ def _roll_figure(path: Path, samples: dict) -> None:
 
 def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     from fourfold.audio.io import save_audio
-    from fourfold.songcreator.dslm import DSLM
     from fourfold.songcreator.evaluate import stream_agreement
     from fourfold.songcreator.pipeline import SongCreatorPipeline
     from fourfold.songcreator.renderer import CentroidRenderer, RendererConfig
@@ -218,8 +218,10 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     songs, fe, tok, items = _setup(64)
     losses: list[float] = []
+    renderer = None
     if quick and (SHIPPED_CHECKPOINT / "config.json").is_file():
-        model, source = DSLM.from_pretrained(SHIPPED_CHECKPOINT).eval(), "shipped checkpoint"
+        shipped = SongCreatorPipeline.shipped()  # DSLM + the trained latent-diffusion renderer
+        model, renderer, source = shipped.dslm, shipped.renderer, "shipped pipeline"
     else:
         steps = 200 if quick else 800
         model, losses = _train(items, fe, tok, steps, out_dir)
@@ -238,11 +240,13 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     gt = [stream_agreement(it["vocals"], it["accompaniment"], candidates=KEYS) for it in held]
     gt_key = float(np.mean([g["key_agree"] for g in gt if g["key_agree"] is not None]))
 
-    # every task once, rendered
-    renderer = CentroidRenderer(RendererConfig.tiny(tok.codebook_size))
+    # every task once, rendered: the shipped latent-diffusion renderer in quick mode, a training-free
+    # CentroidRenderer fitted here when the DSLM was trained here
     codes = [tok.encode_clip(songs[i]) for i in range(16)]
-    for kind, attr in (("vocals", "vocals"), ("accompaniment", "accompaniment"), ("song", "mixture")):
-        renderer.fit([c[kind] for c in codes], [getattr(songs[i], attr) for i in range(16)], kind)
+    if renderer is None:
+        renderer = CentroidRenderer(RendererConfig.tiny(tok.codebook_size))
+        for kind, attr in (("vocals", "vocals"), ("accompaniment", "accompaniment"), ("song", "mixture")):
+            renderer.fit([c[kind] for c in codes], [getattr(songs[i], attr) for i in range(16)], kind)
     pipe = SongCreatorPipeline(model, fe, tokenizer=tok, renderer=renderer)
     c0, clip0 = codes[0], songs[0]
     kw = {"seed": 0, "max_seconds": 2.0}
@@ -329,7 +333,13 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
         "prompt_carry_over": carry,
         "edit": {**edits, **edit_audio},
         "task_frames": task_frames,
+        "renderer": type(renderer).__name__,
     }
+    if type(renderer).__name__ == "LatentDiffusionRenderer":
+        from fourfold.songcreator.pipeline import SHIPPED_PIPELINE
+
+        # measured when the folder was built (python -m fourfold.songcreator.ship): held-out log-mel L1
+        metrics["renderer_check"] = json.loads((SHIPPED_PIPELINE / "renderer_metrics.json").read_text())
     if losses:
         metrics["loss_first_last"] = [losses[0], float(np.mean(losses[-10:]))]
     checks = {
