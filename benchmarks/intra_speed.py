@@ -56,6 +56,13 @@ def build_encoders(root: Path, size: str) -> tuple[Path, Path]:
 
 
 def timed(fn, reps: int) -> float:
+    """Median of ``reps`` timed calls after one warm-up; ``reps=0``: one call, no warm-up."""
+    if reps == 0:
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
     fn()  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -69,6 +76,18 @@ def timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def paired(fn_a, fn_b, reps: int) -> tuple[float, float, float]:
+    """Alternate a and b ``reps`` times; (median a, median b, median of the per-pair ratios b/a). Pairing each b
+    with the a run just before it cancels most of the drift a shared, busy machine adds to both."""
+    fn_a(), fn_b()  # warm-up
+    ta, tb = [], []
+    for _ in range(reps):
+        ta.append(timed(fn_a, 0))
+        tb.append(timed(fn_b, 0))
+    ratios = [b / a for a, b in zip(ta, tb, strict=True)]
+    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("paper", "tiny"), default="paper")
@@ -76,6 +95,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-train", action="store_true", help="only the grounding vs encoder latency")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,16 +107,27 @@ def main() -> None:
     x = torch.rand(args.batch, 3, s, s, device=device)
     texts = ["hold"] * args.batch
     model.encode_text(texts)
-    with torch.no_grad():
-        t_enc = timed(lambda: model.encode_image(x), args.reps)
-        t_ground = timed(lambda: model(x, texts=texts), args.reps)
+    with torch.no_grad():  # as IntraGrounder runs
+        t_enc, t_ground, ratio = paired(
+            lambda: model.encode_image(x), lambda: model(x, texts=texts), args.reps
+        )
 
         def uncached_text():
             model._text_cache.clear()
             model.encode_text(["cut with"] * args.batch)
 
         t_text = timed(uncached_text, args.reps)
-    # train step: cached features vs encoder in the loop
+    t_step_cached = t_step_uncached = None
+    if not args.skip_train:
+        t_step_cached, t_step_uncached = train_steps(model, args, device, s)
+    peak_cpu_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    report(args, model, s, device, t_enc, t_ground, ratio, t_text, t_step_cached, t_step_uncached,
+           peak_cpu_mb, peak_gpu_mb)  # fmt: skip
+
+
+def train_steps(model, args, device, s) -> tuple[float, float]:
+    """Median train-step time with cached features and with the frozen encoder in the loop."""
     model.train()
     b = args.train_batch
     views = torch.rand(2 * b, 3, s, s, device=device)
@@ -115,10 +146,12 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    t_step_cached = timed(lambda: step(True), args.reps)
-    t_step_uncached = timed(lambda: step(False), args.reps)
-    peak_cpu_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return timed(lambda: step(True), args.reps), timed(lambda: step(False), args.reps)
+
+
+def report(args, model, s, device, t_enc, t_ground, ratio, t_text, t_step_cached, t_step_uncached,
+           peak_cpu_mb, peak_gpu_mb) -> None:  # fmt: skip
+    b = args.train_batch
     result = {
         "size": args.size,
         "device": device,
@@ -129,7 +162,8 @@ def main() -> None:
         "batch": args.batch,
         "encoder_forward_s": t_enc,
         "grounding_s": t_ground,
-        "grounding_over_encoder": t_ground / t_enc,
+        "grounding_over_encoder": ratio,  # median of paired per-rep ratios
+        "reps": args.reps,
         "text_encode_uncached_s": t_text,
         "train_batch_images": b,
         "train_step_cached_s": t_step_cached,
@@ -141,10 +175,15 @@ def main() -> None:
     }
     rows = [
         ("DINOv2 forward alone", f"{t_enc * 1e3:.1f} ms"),
-        ("INTRA grounding (cached text)", f"{t_ground * 1e3:.1f} ms  ({t_ground / t_enc:.2f}x encoder)"),
+        ("INTRA grounding (cached text)", f"{t_ground * 1e3:.1f} ms  ({ratio:.3f}x encoder, paired median)"),
         ("text encode, uncached", f"{t_text * 1e3:.1f} ms"),
-        (f"train step, cached features ({b} images)", f"{t_step_cached * 1e3:.1f} ms"),
-        (f"train step, encoder in loop ({b} images)", f"{t_step_uncached * 1e3:.1f} ms"),
+    ]
+    if t_step_cached is not None:
+        rows += [
+            (f"train step, cached features ({b} images)", f"{t_step_cached * 1e3:.1f} ms"),
+            (f"train step, encoder in loop ({b} images)", f"{t_step_uncached * 1e3:.1f} ms"),
+        ]
+    rows += [
         ("peak CPU RSS", f"{peak_cpu_mb:.0f} MB"),
         ("peak GPU memory", "n/a (no GPU)" if peak_gpu_mb is None else f"{peak_gpu_mb:.0f} MB"),
     ]

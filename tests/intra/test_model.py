@@ -121,3 +121,20 @@ def test_config_validation():
         4.0,
         0.2,
     )
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_inference_fusion_equals_the_transformer_module(encoder_dirs, norm_first):
+    # Grounding runs the fusion through scaled_dot_product_attention; it must equal nn.TransformerEncoder.
+    torch.manual_seed(0)
+    cfg = IntraConfig.tiny(image_encoder=encoder_dirs[0], text_encoder=encoder_dirs[1], image_size=56,
+                           resize_size=64, fusion_layers=2, fusion_norm_first=norm_first)  # fmt: skip
+    model = IntraModel(cfg).eval()
+    tokens = torch.randn(3, 17, model.dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model._fusion_eval(tokens), model.fusion(tokens), atol=1e-5, rtol=1e-5)
+        x = torch.rand(3, 3, 56, 56)
+        out = model(x, texts=["hold", "pour", "sip"])
+        model.train()
+        ref = model(x, texts=["hold", "pour", "sip"])  # dropout is 0 in tiny: the module path, same maps
+    torch.testing.assert_close(out.heatmap, ref.heatmap, atol=1e-5, rtol=1e-5)
