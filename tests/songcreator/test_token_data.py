@@ -86,3 +86,44 @@ def test_cli_trains_dslm_from_token_files(tmp_path):
     assert pipe.dslm.config.codebook_size == 40
     out = pipe.lyrics_to_song("go home", seed=0, max_seconds=0.4)
     assert int(out.tokens["vocals"].max()) < 40
+
+
+def test_cli_trains_renderer(tmp_path):
+    """`train --stage renderer` on procedural songs and on a real-layout tree with a BEST-RQ tokenizer."""
+    from fourfold.data.songs import ProceduralSongs
+    from fourfold.songcreator.bestrq import (
+        BestRQ,
+        BestRQConfig,
+        SemanticTokenizer,
+        SemanticVQ,
+        SemanticVQConfig,
+    )
+    from fourfold.songcreator.ldm_renderer import LatentDiffusionRenderer
+
+    args = ["train", "--stage", "renderer", "--steps", "2", "--batch-size", "2", "--songs", "2"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "proc")])
+    assert r.exit_code == 0, r.output
+    assert LatentDiffusionRenderer.from_pretrained(tmp_path / "proc" / "renderer").config.codebook_size == 325
+    ProceduralSongs(2, seconds=2.0, seed=0).write(tmp_path / "tree")
+    torch.manual_seed(0)
+    enc = BestRQ(BestRQConfig.tiny())
+    SemanticTokenizer(enc, SemanticVQ(SemanticVQConfig.tiny(input_dim=enc.config.dim))).save_pretrained(
+        tmp_path / "tok"
+    )
+    r = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "tree"), "--out", str(tmp_path / "real")])
+    assert r.exit_code != 0 and "--tokenizer" in r.output
+    r = CliRunner().invoke(
+        app,
+        [
+            *args,
+            "--data",
+            str(tmp_path / "tree"),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--out",
+            str(tmp_path / "real"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    cfg = LatentDiffusionRenderer.from_pretrained(tmp_path / "real" / "renderer").config
+    assert (cfg.sample_rate, cfg.token_rate, cfg.codebook_size) == (16000, 25.0, 256)

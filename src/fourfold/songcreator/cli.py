@@ -167,7 +167,7 @@ def train(
         _train_dslm_tokens(tokens, tokenizer, out, config, steps, batch_size)
         return
     if stage == "renderer":
-        _train_renderer(out, data, tokenizer, songs, steps, batch_size)
+        _train_renderer(out, data, tokenizer, songs, steps, batch_size, config)
         return
     if stage == "dslm":
         if data is not None:
@@ -296,7 +296,9 @@ def _train_dslm_tokens(tokens: Path, tokenizer: Path | None, out: Path, config: 
     )
 
 
-def _train_renderer(out: Path, data: Path | None, tokenizer: Path | None, songs: int, steps: int, batch: int):
+def _train_renderer(
+    out: Path, data: Path | None, tokenizer: Path | None, songs: int, steps: int, batch: int, config: str
+):
     """The latent-diffusion renderer: VAE for ``steps // 2`` steps, then the U-Net for ``steps``."""
     import torch
 
@@ -324,7 +326,11 @@ def _train_renderer(out: Path, data: Path | None, tokenizer: Path | None, songs:
         from fourfold.songcreator.bestrq import SemanticTokenizer
 
         tok = SemanticTokenizer.from_pretrained(tokenizer)
-        base = LatentDiffusionRendererConfig.paper()
+        base = (
+            LatentDiffusionRendererConfig.paper()
+            if config == "paper"
+            else LatentDiffusionRendererConfig.tiny()
+        )
         cfg = LatentDiffusionRendererConfig(
             **{
                 **base.__dict__,
