@@ -193,13 +193,32 @@ def evaluate(
         Path | None, typer.Option(help=".npy features of generated images (for FD/FID)")
     ] = None,
     ref_features: Annotated[Path | None, typer.Option(help=".npy features of the reference set")] = None,
+    inception: Annotated[
+        Path | None,
+        typer.Option(help="FID InceptionV3 weights (torch-fidelity .pth or .safetensors) → FID of --images"),
+    ] = None,
+    ref_images: Annotated[
+        Path | None, typer.Option(help="reference image folder for FID (paper: the training set)")
+    ] = None,
 ) -> None:
-    """CLIP score of an image folder, FD between feature files, and VLHI (Eq. 8) over a group of rows."""
+    """FID (InceptionV3 from a local file) and CLIP score of an image folder, FD between feature files, and
+    VLHI (Eq. 8) over a group of rows."""
     _offline()
     if rows is None and images is None and features is None:
         raise typer.BadParameter("give --rows, --images/--prompts/--clip, or --features/--ref-features")
     out: dict = {}
-    if images is not None:
+    if inception is not None:
+        from fourfold.metrics.frechet import frechet_distance_from_features
+        from fourfold.sara.evaluate import list_images
+        from fourfold.sara.inception import inception_features, load_fid_inception
+
+        if images is None or ref_images is None:
+            raise typer.BadParameter("--inception needs --images and --ref-images")
+        net = load_fid_inception(inception)
+        out["fid"] = frechet_distance_from_features(
+            inception_features(net, list_images(images)), inception_features(net, list_images(ref_images))
+        )
+    if images is not None and (prompts is not None or clip is not None or inception is None):
         from fourfold.sara.evaluate import clip_score, list_images
 
         if prompts is None or clip is None:
