@@ -30,15 +30,17 @@ def resize_bilinear_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
     """
 
     def axis(n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        src = torch.arange(size, dtype=torch.float64) * (n_in / size)
-        lo = src.floor().long().clamp(max=n_in - 1)
+        # float32 grid and lo + (hi − lo)·d, the arithmetic torch-fidelity uses (bit-exact on CPU there)
+        src = torch.arange(size, dtype=torch.float32) * torch.tensor(n_in / size, dtype=torch.float32)
+        lo = src.long()
         hi = (lo + 1).clamp(max=n_in - 1)
-        return lo, hi, (src - lo).to(x.dtype)
+        return lo, hi, (src - lo.float()).to(x.dtype)
 
-    y0, y1, fy = axis(x.shape[-2])
-    x0, x1, fx = axis(x.shape[-1])
-    rows = x[..., y0, :] * (1 - fy)[:, None] + x[..., y1, :] * fy[:, None]
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+    y0, y1, dy = axis(x.shape[-2])
+    x0, x1, dx = axis(x.shape[-1])
+    top = x[..., y0, :][..., x0] + (x[..., y0, :][..., x1] - x[..., y0, :][..., x0]) * dx
+    bottom = x[..., y1, :][..., x0] + (x[..., y1, :][..., x1] - x[..., y1, :][..., x0]) * dx
+    return top + (bottom - top) * dy[:, None]
 
 
 class BasicConv2d(nn.Module):
