@@ -105,7 +105,7 @@ def test_sara_finetune_stop_resume_compare_download(page, screens):
     assert first != empty
     page.wait_for_function("() => parseInt(document.querySelector('#sara-step').textContent) >= 8")
     assert canvas_pixels(page, "#sara-loss") != first  # the curve updates while training
-    assert "of 213,366 UNet weights" in page.inner_text("#sara-trainable")
+    assert "of 832,613 UNet weights" in page.inner_text("#sara-trainable")  # the shipped digits-sd-tiny
     assert "MB" in page.inner_text("#sara-memory")
     page.click("#sara-stop")
     page.wait_for_function("() => !document.querySelector('#sara-resume').disabled")
@@ -136,7 +136,7 @@ def test_sara_finetune_stop_resume_compare_download(page, screens):
     page.reload()
     page.wait_for_selector("#sara-saved-row:not([hidden])")
     label = page.locator("#sara-saved option").first.inner_text()
-    assert "tiny-random-sd on stripes (procedural), step " in label and label.split(", step ")[1].startswith(
+    assert "digits-sd-tiny on outline digits (procedural), step " in label and label.split(", step ")[1].startswith(
         step.replace(" ", "")
     )
     page.click("#sara-open")

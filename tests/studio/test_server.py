@@ -234,13 +234,19 @@ def test_sara_session_survives_a_studio_restart(tmp_path):
 
     import torch
 
-    body = {"base": "tiny-random-sd", "folder": "stripes (procedural)", "steps": 30, "batch_size": 2}
-    straight = TestClient(create_app(StudioConfig(work=tmp_path / "a")))
+    from fourfold.sara.tiny import build_tiny_sd_pipeline
+
+    models = tmp_path / "models"
+    build_tiny_sd_pipeline(
+        models / "sara" / "mybase"
+    )  # a user's base (the shipped one must not be altered below)
+    body = {"base": "mybase", "folder": "stripes (procedural)", "steps": 30, "batch_size": 2}
+    straight = TestClient(create_app(StudioConfig(work=tmp_path / "a", models=models)))
     sid = _sara_run(straight, body)
     expected = _sara_values(straight.app, sid)
 
     work = tmp_path / "b"
-    first = TestClient(create_app(StudioConfig(work=work)))
+    first = TestClient(create_app(StudioConfig(work=work, models=models)))
     r = first.post("/api/sara/start", json=body)
     sid, job_id = r.json()["session"], r.json()["job"]["id"]
     jobs = first.app.state.studio.jobs
@@ -253,7 +259,7 @@ def test_sara_session_survives_a_studio_restart(tmp_path):
     assert 16 <= stopped < 30 and len(meta["losses"]) == stopped and meta["handle"]["ppa_done"] == [15]
     del first
 
-    second = TestClient(create_app(StudioConfig(work=work)))
+    second = TestClient(create_app(StudioConfig(work=work, models=models)))
     listed = second.get("/api/sara/sessions").json()["sessions"]
     assert [(m["session"], m["step"], m["total_steps"]) for m in listed] == [(sid, stopped, 30)]
     live = second.get(f"/api/sara/session/{sid}").json()
@@ -272,10 +278,10 @@ def test_sara_session_survives_a_studio_restart(tmp_path):
     assert second.post("/api/sara/resume/0123456789").status_code == 404
     from safetensors.torch import load_file, save_file
 
-    unet = work / "models" / "sara-tiny-sd" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet = models / "sara" / "mybase" / "unet" / "diffusion_pytorch_model.safetensors"
     weights = load_file(unet)
     weights = {k: v * 1.5 if v.ndim > 1 else v for k, v in weights.items()}
     save_file(weights, unet)
-    third = TestClient(create_app(StudioConfig(work=work)))
+    third = TestClient(create_app(StudioConfig(work=work, models=models)))
     r = third.get(f"/api/sara/session/{sid}")
     assert r.status_code == 400 and "changed since it was saved" in r.json()["detail"], r.text

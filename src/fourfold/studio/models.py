@@ -1,9 +1,10 @@
-"""Which model each page runs: a user checkpoint given by path, or a tiny random one built at start-up.
+"""Which model each page runs: a user checkpoint given by path, the shipped one, or a tiny random one.
 
 ``--models DIR`` may hold ``drawaudio/`` (an adapter checkpoint with ``drawaudio_config.json``, optionally
 ``drawaudio/base/``; or a base directory with ``condition_config.json``), ``intra/`` (an IntraModel run),
 ``songcreator/`` (a pipeline with ``pipeline.json``) and ``sara/`` (Stable Diffusion 1.x/2.x directories,
-one per subfolder, offered as base models). Anything missing is replaced by a tiny model of that system
+one per subfolder, offered as base models). Without those, a page runs its system's shipped checkpoint
+(INTRA, Draw an Audio, SaRA's ``digits-sd-tiny`` base); anything else is a tiny model of that system
 with random weights, written under the studio's work folder and labelled *untrained* in the page: the page
 works end to end, but its output is noise-like until a trained checkpoint is given.
 """
@@ -11,14 +12,11 @@ works end to end, but its output is noise-like until a trained checkpoint is giv
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import string
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 __all__ = ["ModelInfo", "StudioModels"]
@@ -215,94 +213,37 @@ class StudioModels:
     # SaRA
 
     def _load_sara(self):
-        """SaRA has no fixed model: list the base directories and image folders the user may pick."""
+        """SaRA has no fixed model: list the base directories and image folders the user may pick.
+
+        Bases: ``--models DIR``'s ``sara/<name>/`` SD folders, then the shipped ``digits-sd-tiny`` (a small
+        SD trained on coloured digits, ``fourfold.studio.sd_digits``); a random tiny SD only when neither
+        exists. Folders: procedural outline digits (the style the shipped base never saw) and stripes.
+        """
+        from fourfold.sara.tiny import build_style_folder, build_tiny_sd_pipeline
+        from fourfold.studio.sd_digits import SHIPPED, build_outline_folder
+
         bases: dict[str, dict] = {}
         d = self._user_dir("sara")
         if d is not None:
             for sub in sorted([d, *d.iterdir()]):
                 if sub.is_dir() and (sub / "unet").is_dir() and (sub / "text_encoder").is_dir():
                     bases[sub.name] = {"path": str(sub), "trained": True}
-        tiny = self.work / "sara-tiny-sd"
-        if not (tiny / "model_index.json").is_file():
-            build_tiny_sd(tiny, self.seed)
-        bases["tiny-random-sd"] = {"path": str(tiny), "trained": False}
+        if (SHIPPED / "model_index.json").is_file():
+            bases[SHIPPED.name] = {"path": str(SHIPPED), "trained": True}
+        if not bases:
+            tiny = self.work / "sara-tiny-sd"
+            if not (tiny / "model_index.json").is_file():
+                build_tiny_sd_pipeline(tiny, self.seed)
+            bases["tiny-random-sd"] = {"path": str(tiny), "trained": False}
+        folders = {}
+        outline = self.work / "sara-style-outline-digits"
+        if not (outline / "metadata.jsonl").is_file():
+            build_outline_folder(outline)
+        folders["outline digits (procedural)"] = str(outline)
         style = self.work / "sara-style-stripes"
         if not (style / "metadata.jsonl").is_file():
             build_style_folder(style)
-        return {"bases": bases, "folders": {"stripes (procedural)": str(style)}}, ModelInfo(
+        folders["stripes (procedural)"] = str(style)
+        return {"bases": bases, "folders": folders}, ModelInfo(
             "sara", ", ".join(bases), any(b["trained"] for b in bases.values())
         )
-
-
-MAX_LEN = 24
-
-
-def _clip_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    chars = string.ascii_lowercase + string.digits + ",.<>!?'-"
-    vocab = {}
-    for suffix in ("", "</w>"):
-        for c in chars:
-            vocab[c + suffix] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_LEN
-    ), len(vocab)
-
-
-def build_tiny_sd(root: Path, seed: int = 0) -> Path:
-    """A random Stable-Diffusion-layout directory (UNet 16/32 wide, 8x8 latents, character CLIP tokenizer)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from fourfold.nn.modeling import atomic_write_dir
-
-    tok, vocab_size = _clip_tokenizer(Path(str(root) + "-tokenizer-src"))
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4, norm_num_groups=8,
-        sample_size=16,
-    )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    ))  # fmt: skip
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False, steps_offset=1)  # fmt: skip
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
-    return atomic_write_dir(root, lambda tmp: pipe.save_pretrained(tmp))
-
-
-def build_style_folder(root: Path, n: int = 8) -> Path:
-    """A small captioned image folder: diagonal stripes in warm colours (a 'style' to learn)."""
-    from PIL import Image
-
-    from fourfold.nn.modeling import atomic_write_dir
-
-    def write(tmp: Path) -> None:
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[0:32, 0:32]
-        lines = []
-        for i in range(n):
-            period = rng.integers(4, 9)
-            stripes = ((xx + yy + rng.integers(0, 8)) // period) % 2
-            colour = np.array([230, rng.integers(60, 160), 40])
-            arr = np.where(stripes[..., None] == 1, colour, 255 - colour // 3).astype(np.uint8)
-            Image.fromarray(arr).save(tmp / f"stripes{i}.png")
-            lines.append(json.dumps({"file_name": f"stripes{i}.png", "text": "stripes"}))
-        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-
-    return atomic_write_dir(root, write)

@@ -58,7 +58,8 @@ class StartIn(BaseModel):
 
 class CompareIn(BaseModel):
     session: str
-    prompt: str = "stripes"
+    prompt: str = "outline red three"
+    guidance: float = Field(default=3.0, ge=1.0, le=20.0)  # classifier-free guidance scale (1 = off)
     alphas: list[float] = Field(default=[0.0, 0.5, 1.0, 1.5], min_length=1, max_length=8)
     steps: int = Field(default=10, ge=1, le=200)
     seed: int = 0
@@ -425,7 +426,7 @@ def _compare(studio, s: Session, req: CompareIn) -> dict:
     try:
         for alpha in req.alphas:
             s.handle.scale(float(alpha))
-            img = pipe(req.prompt, num_inference_steps=req.steps, guidance_scale=1.0, height=s.resolution,
+            img = pipe(req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance, height=s.resolution,
                        width=s.resolution, generator=torch.Generator().manual_seed(req.seed)).images[0]  # fmt: skip
             side = max(128, img.width)
             img = img.resize((side, side), Image.NEAREST)

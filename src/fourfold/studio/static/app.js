@@ -403,7 +403,7 @@ pages_sara = async function () {
     const alphas = $("sara-alphas").value.split(",").map((s) => parseFloat(s)).filter((v) => Number.isFinite(v));
     $("sara-compare").disabled = true;
     try {
-      const res = await api("/api/sara/compare", { json: { session: sa.session, prompt: $("sara-prompt").value, alphas } });
+      const res = await api("/api/sara/compare", { json: { session: sa.session, prompt: $("sara-prompt").value, alphas, guidance: +$("sara-guidance").value } });
       const grid = $("sara-samples");
       grid.innerHTML = "";
       res.samples.forEach((s) => {
