@@ -84,7 +84,10 @@ def train(
     data: Annotated[str, typer.Option(help="procedural[:N] or vggsound:ROOT")] = "procedural:1200",
     config: Annotated[Path | None, typer.Option(help="DrawAudioConfig JSON (default: tiny)")] = None,
     base: Annotated[
-        Path | None, typer.Option(help="base directory (overrides the config's base.path)")
+        Path | None,
+        typer.Option(
+            help="base directory (overrides the config's base.path; with --stage base: reuse its vae/)"
+        ),
     ] = None,
     steps: int | None = None,
     seconds: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
@@ -100,7 +103,7 @@ def train(
         from fourfold.drawaudio.train import pretrain_tiny_base
 
         n = int(data.split(":")[1]) if data.startswith("procedural:") else 300
-        info = pretrain_tiny_base(out, cfg, n_clips=n, unet_steps=steps or 600, progress=True)
+        info = pretrain_tiny_base(out, cfg, n_clips=n, unet_steps=steps or 600, progress=True, vae_from=base)
         typer.echo(json.dumps(info))
         return
     if stage != "adapter":

@@ -2,7 +2,8 @@
 
 Views per clip (spec §5, ours): with probability 1/2 the mix with an all-ones mask and the caption
 naming every object; otherwise object k's stem with its box mask and either its own caption ("a red ball
-bounces", 2/3) or the neutral "something bounces" (1/3). The enumeration is deterministic: each clip
+bounces", 1/2) or the neutral "something bounces" (1/2; with the neutral caption only the mask
+tells which object sounds, the view MAM learns from). The enumeration is deterministic: each clip
 contributes ``n_objects`` mix views and one view per object, so the mix is half of all views.
 
 Cached per clip once (the frozen base never changes): VAE latents and loudness curves of the mix and of
@@ -27,6 +28,7 @@ from fourfold.drawaudio.tlm import curve_from_audio
 __all__ = ["NEUTRAL_CAPTION", "BounceViews", "SampleViews", "bouncing_config_for", "clip_views"]
 
 NEUTRAL_CAPTION = "something bounces"
+NEUTRAL_PROB = 0.5  # share of single-object views captioned neutrally (ours; was 1/3, MAM learned slowly)
 
 
 def bouncing_config_for(cfg: DrawAudioConfig, **changes) -> BouncingConfig:
@@ -40,7 +42,7 @@ def clip_views(clip: BouncingClip, seed: int) -> list[dict[str, Any]]:
     n = len(clip.kinds)
     views = [{"source": -1, "caption": clip.caption} for _ in range(n)]
     for k in range(n):
-        caption = NEUTRAL_CAPTION if rng.uniform() < 1 / 3 else clip.captions[k]
+        caption = NEUTRAL_CAPTION if rng.uniform() < NEUTRAL_PROB else clip.captions[k]
         views.append({"source": k, "caption": caption})
     return views
 

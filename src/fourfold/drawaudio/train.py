@@ -138,11 +138,13 @@ def pretrain_tiny_base(
     seed: int = 0,
     work_dir: str | Path | None = None,
     progress: bool = False,
+    vae_from: str | Path | None = None,
 ) -> dict:
     """Train and write the tiny base (``vae/``, ``unet/``, ``scheduler/``, text encoder, adapter).
 
     Data: ``n_clips`` bouncing clips from ``seed``; each contributes its mix and stems with the captions
-    of :func:`~fourfold.drawaudio.data.clip_views`. Returns timings and final losses.
+    of :func:`~fourfold.drawaudio.data.clip_views`. ``vae_from`` (a base directory) reuses its trained
+    ``vae/`` (with its latent scaling factor) instead of training one. Returns timings and final losses.
     """
     from fourfold.data.bouncing import make_clip
 
@@ -163,18 +165,24 @@ def pretrain_tiny_base(
     )
     vocab = sorted({w for c in captions for w in c.lower().split()})
 
-    vae = tiny_vae(cfg)
-    vae_res = Trainer(
-        _VAELoss(vae), _trainer_config(work / "vae", vae_steps, batch_size, 1e-3, seed, progress=progress),
-        _MelImages(images, captions), lambda m, b: m(b),
-    ).fit()  # fmt: skip
+    if vae_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(Path(vae_from) / "vae"), local_files_only=True)
+        vae_res = TrainResult(step=0, losses=[], log_path=None, last_checkpoint=None)
+    else:
+        vae = tiny_vae(cfg)
+        vae_res = Trainer(
+            _VAELoss(vae), _trainer_config(work / "vae", vae_steps, batch_size, 1e-3, seed, progress=progress),
+            _MelImages(images, captions), lambda m, b: m(b),
+        ).fit()  # fmt: skip
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat(
             [vae.encode(images[j : j + 64]).latent_dist.mode() for j in range(0, len(images), 64)]
         )
         recon_l1 = float((vae.decode(latents[:64]).sample - images[:64]).abs().mean())
-    scale = float(1.0 / latents.std())
+    scale = float(vae.config.scaling_factor) if vae_from is not None else float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
 
