@@ -35,3 +35,9 @@ def test_demo_plumbing_micro(tmp_path):
 def test_quick_demo_every_method_fits_the_style(tmp_path):
     res = run_demo(tmp_path, quick=True)
     assert res.checks and all(res.checks.values()), res.checks
+
+
+def test_fine_tune_style_must_be_new_to_the_base():
+    with pytest.raises(ValueError, match="style"):
+        DemoConfig(style="bold", known_styles=("bold", "inverse"))
+    assert DemoConfig.quick().style not in DemoConfig.quick().known_styles

@@ -62,3 +62,23 @@ def test_caption_folder_reader(tmp_path):
     (tmp_path / "c.txt").write_text("broken")
     with pytest.raises(ValueError, match=r"c\.png: cannot read image"):
         CaptionedImages(tmp_path, 8)
+
+
+def test_faint_style_and_pretraining_set_with_known_styles():
+    from fourfold.data.digits import PLAIN, TOKENS, pretrain_set, style_token
+
+    x = -torch.ones(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 1.0
+    faint = apply_style(x, "faint")
+    assert faint[0, 0, 1, 1] == 0.0 and faint[0, 0, 0, 0] == -1.0  # ink at half intensity, background kept
+    s = source_set("train", 8)
+    p = pretrain_set(8, ("bold", "inverse"))
+    assert len(p) == 3 * len(s)
+    first = p.tokens[:, 0]
+    assert int((first == PLAIN).sum()) == len(s) and int((first == style_token("bold")).sum()) == len(s)
+    assert not bool((first == STYLE).any())  # the fine-tune word is new to the base
+    inv = p.images[first == style_token("inverse")]
+    assert torch.equal(inv, -s.images)
+    assert TOKENS[:2] == ("plain", "style") and TOKENS[2 + DIGIT_TOKEN_OFFSET - 2] == "0"
+    with pytest.raises(ValueError, match="style"):
+        style_token("italic")

@@ -2,11 +2,18 @@
 
 Source S: all 1,797 ``load_digits`` images (0–16 ink) scaled to [−1, 1] (−1 background, +1 ink) and
 bilinearly resized to ``resolution``, prompt ``[plain, digit]``. Target style T: a deterministic transform
-of S ("outline": 3×3 morphological gradient; "bold": 3×3 dilation; "inverse": negation), prompt
-``[style, digit]``. The fine-tune set is ``n_finetune`` T images of the seen classes 0–4 drawn from the
-fixed 80 % train split; classes 5–9 in style T probe generalisation like the paper's unseen prompts.
+of S ("outline": 3×3 morphological gradient; "bold": 3×3 dilation; "inverse": negation; "faint": ink at
+half intensity), prompt ``[style, digit]``. The fine-tune set is ``n_finetune`` T images of the seen
+classes 0–4 drawn from the fixed 80 % train split; classes 5–9 in style T probe generalisation like the
+paper's unseen prompts.
 
-Prompts are token pairs over the vocabulary ``TOKENS``: index 0 = plain, 1 = style, 2 + d = digit d.
+Pretraining set (``pretrain_set``): S plus "known" styles, each under its own token, so that the base
+model learns that the first prompt token selects a style, as a text-to-image model has learned from
+style words. The fine-tune style T then comes with a word the base has never seen (``style``), like the
+paper's "<name> style" prefix.
+
+Prompts are token pairs over the vocabulary ``TOKENS``: index 0 = plain, 1 = style (the new fine-tune
+word), 2 + d = digit d, then one token per named style (``style_token(name)``).
 """
 
 from __future__ import annotations
@@ -28,13 +35,17 @@ __all__ = [
     "digit_split",
     "finetune_set",
     "load_digit_images",
+    "pretrain_set",
     "prompt_tokens",
     "source_set",
+    "style_token",
 ]
 
 PLAIN, STYLE, DIGIT_TOKEN_OFFSET = 0, 1, 2
-TOKENS = ("plain", "style", *(str(d) for d in range(10)))
-STYLES = ("outline", "bold", "inverse")
+STYLES = ("outline", "bold", "inverse", "faint")
+# named style tokens come after the digits, so the first 12 rows of a seeded token table never change
+TOKENS = ("plain", "style", *(str(d) for d in range(10)), *STYLES)
+FAINT_INK = 0.5  # "faint": ink intensity scale
 SPLIT_SEED = 0  # fixed 80/20 split
 TRAIN_SHARE = 0.8
 INK_MAX = 16.0  # load_digits pixel range is 0..16
@@ -67,6 +78,8 @@ def apply_style(images: torch.Tensor, style: str = "outline") -> torch.Tensor:
     if style == "inverse":
         return -images
     ink = (images + 1.0) / 2.0  # [0, 1]
+    if style == "faint":
+        return FAINT_INK * ink * 2.0 - 1.0
     dilated = F.max_pool2d(ink, 3, stride=1, padding=1)
     if style == "bold":
         out = dilated
@@ -74,6 +87,13 @@ def apply_style(images: torch.Tensor, style: str = "outline") -> torch.Tensor:
         eroded = -F.max_pool2d(-ink, 3, stride=1, padding=1)
         out = dilated - eroded
     return out * 2.0 - 1.0
+
+
+def style_token(style: str) -> int:
+    """Token id of a named style (used for the pretraining set's known styles)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    return TOKENS.index(style)
 
 
 def prompt_tokens(style_token: int, digits: torch.Tensor) -> torch.Tensor:
@@ -123,3 +143,17 @@ def finetune_set(
             )
         idx = idx[:n]
     return DigitImages(apply_style(x[idx], style), y[idx], prompt_tokens(STYLE, y[idx]))
+
+
+def pretrain_set(resolution: int = 16, known_styles: tuple[str, ...] = ()) -> DigitImages:
+    """S (train split, prompt ``[plain, d]``) plus each known style of it under its own token."""
+    s = source_set("train", resolution)
+    parts = [s]
+    for name in known_styles:
+        tok = prompt_tokens(style_token(name), s.labels)
+        parts.append(DigitImages(apply_style(s.images, name), s.labels, tok))
+    return DigitImages(
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        torch.cat([p.tokens for p in parts]),
+    )

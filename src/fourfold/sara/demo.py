@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from fourfold.data.digits import PLAIN, STYLE, apply_style, finetune_set, prompt_tokens, source_set
+from fourfold.data.digits import (
+    PLAIN,
+    STYLE,
+    apply_style,
+    finetune_set,
+    pretrain_set,
+    prompt_tokens,
+    source_set,
+)
 from fourfold.report import DemoResult, Media, Table
 from fourfold.sara.baselines import inject_lora_at_budget
 from fourfold.sara.config import SaraConfig
@@ -30,7 +38,12 @@ FULL_LORA_LR = 1e-4  # diffusers script default (our choice, spec §8)
 @dataclass
 class DemoConfig:
     resolution: int = 16
-    style: str = "outline"  # target style T (fourfold.data.digits.STYLES)
+    style: str = (
+        "outline"  # target style T (fourfold.data.digits.STYLES), prompt word "style" (new to the base)
+    )
+    # styles the base is pretrained on besides plain, each under its own token: the base learns that the
+    # first prompt token selects a style (what SD has learned from style words); T must not be among them
+    known_styles: tuple[str, ...] = ("bold", "inverse")
     pretrain_steps: int = 4000
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
@@ -46,6 +59,11 @@ class DemoConfig:
     base_dir: str | None = None  # a pretrained base (diffusers UNet dir) to start from instead of pretraining
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.known_styles = tuple(self.known_styles)
+        if self.style in self.known_styles:
+            raise ValueError(f"style: the fine-tune style {self.style!r} must not be one of known_styles")
+
     @classmethod
     def full(cls) -> DemoConfig:
         return cls()
@@ -54,9 +72,9 @@ class DemoConfig:
     def quick(cls) -> DemoConfig:
         # 8×8 (the digits' native size), the shipped 8×8 base when present, short fine-tuning runs
         base = str(QUICK_BASE) if (QUICK_BASE / "config.json").is_file() else None
-        # at 8 px the 3×3 outline fills the 1–2 px strokes into blobs (digit identity is lost), so the quick
-        # run uses the "inverse" style, which keeps the digit readable
-        return cls(resolution=8, style="inverse", pretrain_steps=400, pretrain_batch=32, finetune_steps=150,
+        # at 8 px the 3×3 outline fills the 1–2 px strokes into blobs (digit identity is lost); "faint"
+        # (half-intensity ink) keeps the digit readable and is a change the base can reach by small edits
+        return cls(resolution=8, style="faint", pretrain_steps=400, pretrain_batch=32, finetune_steps=150,
                    samples_per_class=10, ddim_steps=20, digitnet_steps=300, base_dir=base)  # fmt: skip
 
 
@@ -67,7 +85,7 @@ QUICK_BASE = Path(__file__).parent / "assets" / "digits_base_8px"
 def pretrain_base(out: Path, cfg: DemoConfig, steps: int | None = None) -> Path:
     """Pretrain the tiny UNet on plain digits (S) and save it as a diffusers UNet directory."""
     base = tiny_unet(cfg.resolution, cfg.seed)
-    train_denoiser(base, source_set("train", cfg.resolution), Path(out).parent / f".runs-{Path(out).name}",
+    train_denoiser(base, pretrain_set(cfg.resolution, cfg.known_styles), Path(out).parent / f".runs-{Path(out).name}",
                    steps=steps or cfg.pretrain_steps, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr,
                    schedule="cosine", seed=cfg.seed)  # fmt: skip
     base.save_pretrained(out)
@@ -109,15 +127,23 @@ class Judge:
         from fourfold.metrics.frechet import frechet_distance_from_features
 
         feats = self.net.features(styled)
-        digit_p = torch.softmax(self.net.digit(feats), -1)
+        rows = torch.arange(len(styled_digits))
+        p_digit = torch.softmax(self.net.digit(feats), -1)[rows, styled_digits]
         style_pred = self.net.style(feats).argmax(-1)
         seen = styled_digits < 5
+        plain_feats = self.net.features(plain)  # plain prompts use the same digits
+        plain_p = torch.softmax(self.net.digit(plain_feats), -1)[rows, styled_digits]
         return {
             "fd_fit": frechet_distance_from_features(feats[seen].numpy(), self.ft_feats),
-            "content": 100.0 * float(digit_p[torch.arange(len(styled_digits)), styled_digits].mean()),
+            "content": 100.0 * float(p_digit.mean()),
+            "content_seen": 100.0 * float(p_digit[seen].mean()),
+            "content_unseen": 100.0 * float(p_digit[~seen].mean()),
             "style_seen": float((style_pred[seen] == 1).float().mean()),
             "style_unseen": float((style_pred[~seen] == 1).float().mean()),
-            "fd_plain": frechet_distance_from_features(self.net.features(plain).numpy(), self.s_test_feats),
+            "fd_plain": frechet_distance_from_features(plain_feats.numpy(), self.s_test_feats),
+            # prior split in two: does the plain prompt still draw the digit, and does the style leak into it
+            "plain_content": 100.0 * float(plain_p.mean()),
+            "plain_style_leak": float((self.net.style(plain_feats).argmax(-1) == 1).float().mean()),
         }
 
 
@@ -146,7 +172,7 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         pre_losses: list[float] = []
     else:
         base = tiny_unet(r, cfg.seed)
-        pre_losses = train_denoiser(base, s_train, out_dir / "runs" / "pretrain", steps=cfg.pretrain_steps,
+        pre_losses = train_denoiser(base, pretrain_set(r, cfg.known_styles), out_dir / "runs" / "pretrain", steps=cfg.pretrain_steps,
                                     batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, schedule="cosine",
                                     seed=cfg.seed).losses  # fmt: skip
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -276,6 +302,8 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
     directions = {
         "SaRA prior drift < full FT": rows["SaRA"]["prior_drift"] < rows["full FT"]["prior_drift"],
         "SaRA content ≥ full FT": rows["SaRA"]["content"] >= rows["full FT"]["content"],
+        "SaRA style leak into plain prompts ≤ full FT": rows["SaRA"]["plain_style_leak"]
+        <= rows["full FT"]["plain_style_leak"],
     }
     if cfg.ablations:
         directions["full SaRA best VLHI among ablations"] = (
@@ -304,21 +332,26 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         - c0,  # all threads of this process; wall time depends on machine load
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    cols = ["method", "trainable", "FD_fit ↓", "content ↑", "style seen", "style unseen", "prior drift ↓", "VLHI ↑",
-            "state MB", "ckpt KB", "step ms"]  # fmt: skip
-    table_rows = [["pretrained", 0, pre_metrics["fd_fit"], pre_metrics["content"], pre_metrics["style_seen"],
-                   pre_metrics["style_unseen"], 0.0, math.nan, math.nan, math.nan, math.nan]]  # fmt: skip
+    cols = ["method", "trainable", "FD_fit ↓", "content ↑", "content unseen ↑", "style seen", "style unseen",
+            "prior drift ↓", "plain content ↑", "plain leak ↓", "VLHI ↑", "state MB", "ckpt KB", "step ms"]  # fmt: skip
+    pm = pre_metrics
+    table_rows = [["pretrained", 0, pm["fd_fit"], pm["content"], pm["content_unseen"], pm["style_seen"],
+                   pm["style_unseen"], 0.0, pm["plain_content"], pm["plain_style_leak"], math.nan, math.nan,
+                   math.nan, math.nan]]  # fmt: skip
     for n in names:
         m = rows[n]
-        table_rows.append([n, m["trainable"], m["fd_fit"], m["content"], m["style_seen"], m["style_unseen"],
-                           m["prior_drift"], m["vlhi"], m["state_bytes"]["total"] / 2**20,
-                           m["checkpoint_bytes"] / 1024, 1000 * m["median_step_s"]])  # fmt: skip
+        table_rows.append([n, m["trainable"], m["fd_fit"], m["content"], m["content_unseen"], m["style_seen"],
+                           m["style_unseen"], m["prior_drift"], m["plain_content"], m["plain_style_leak"], m["vlhi"],
+                           m["state_bytes"]["total"] / 2**20, m["checkpoint_bytes"] / 1024,
+                           1000 * m["median_step_s"]])  # fmt: skip
     ppa_note = ""
     if "SaRA w/o PPA" in rows:
         ppa_note = (f"Share of S0 still below θ at the end: with PPA {rows['SaRA']['share_below_theta_end']:.3f}, "
                     f"without {rows['SaRA w/o PPA']['share_below_theta_end']:.3f} (paper §4.3: ≈2% vs ≈15%). ")  # fmt: skip
     summary = (
-        f"Tiny UNet ({metrics['num_params']:,} params, {r}×{r}) pretrained {cfg.pretrain_steps} steps on plain digits, "
+        f"Tiny UNet ({metrics['num_params']:,} params, {r}×{r}) "
+        + (f"from the base in {cfg.base_dir}" if cfg.base_dir else f"pretrained {cfg.pretrain_steps} steps")
+        + f" on plain digits and the known styles {', '.join(cfg.known_styles)}, "
         f"fine-tuned {cfg.finetune_steps} steps on 200 '{cfg.style}' digits 0–4. SaRA trains {metrics['support']:,} entries "
         f"(|w| < θ={theta:.3g}). Zeroing those entries in the pretrained model changes the plain-prompt FD by "
         f"{probe_fd - pre_metrics['fd_plain']:+.3g} (§3.1 probe). {ppa_note}"
@@ -337,7 +370,9 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
                 cols,
                 table_rows,
                 note="FD_fit: Fréchet distance (DigitNet features) of [style, 0–4] samples to the fine-tune set; "
-                "content: 100·mean p(requested digit); VLHI over the method rows (Eq. 8).",
+                "content: 100·mean p(requested digit) over [style, 0–9] (unseen: 5–9); prior drift: FD of "
+                "[plain, d] samples to plain test digits, after − before; plain content / leak: digit "
+                "probability and share judged styled on [plain, d]; VLHI over the method rows (Eq. 8).",
             )
         ],
         figures=[
