@@ -204,3 +204,13 @@ def test_finetune_generate_merge_sdxl_and_sd3(builder, sd_dirs, tmp_path):
     merged = denoiser_of(load_pipeline(tmp_path / "merged")[0])
     for k, v in base.state_dict().items():
         assert torch.equal(merged.state_dict()[k], v), k
+
+
+def test_unsupported_model_directories_are_named(tmp_path):
+    from fourfold.sara.pipelines import pipeline_kind
+
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        pipeline_kind(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    with pytest.raises(ValueError, match="KandinskyPipeline"):
+        pipeline_kind(tmp_path)
