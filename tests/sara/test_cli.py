@@ -209,7 +209,7 @@ def test_finetune_generate_merge_sdxl_and_sd3(builder, sd_dirs, tmp_path):
 def test_unsupported_model_directories_are_named(tmp_path):
     from fourfold.sara.pipelines import pipeline_kind
 
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
+    with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
         pipeline_kind(tmp_path)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
     with pytest.raises(ValueError, match="KandinskyPipeline"):
