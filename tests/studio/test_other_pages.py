@@ -136,9 +136,9 @@ def test_sara_finetune_stop_resume_compare_download(page, screens):
     page.reload()
     page.wait_for_selector("#sara-saved-row:not([hidden])")
     label = page.locator("#sara-saved option").first.inner_text()
-    assert "digits-sd-tiny on outline digits (procedural), step " in label and label.split(", step ")[1].startswith(
-        step.replace(" ", "")
-    )
+    assert "digits-sd-tiny on outline digits (procedural), step " in label and label.split(", step ")[
+        1
+    ].startswith(step.replace(" ", ""))
     page.click("#sara-open")
     page.wait_for_function("() => document.querySelector('#sara-status').textContent.startsWith('session ')")
     assert page.inner_text("#sara-step") == step

@@ -285,3 +285,25 @@ def test_sara_session_survives_a_studio_restart(tmp_path):
     third = TestClient(create_app(StudioConfig(work=work, models=models)))
     r = third.get(f"/api/sara/session/{sid}")
     assert r.status_code == 400 and "changed since it was saved" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "sd3"])
+def test_sara_page_fine_tunes_sdxl_and_sd3_bases(tmp_path, kind):
+    """--models DIR/sara/<name> may hold SDXL or SD3 directories too: the page trains and samples them."""
+    from fourfold.sara import tiny
+
+    models = tmp_path / "models"
+    getattr(tiny, f"build_tiny_{kind}_pipeline")(models / "sara" / f"my{kind}")
+    client = TestClient(create_app(StudioConfig(work=tmp_path / "work", models=models)))
+    bases = {b["name"]: b["trained"] for b in client.get("/api/sara/options").json()["bases"]}
+    assert bases[f"my{kind}"] is True
+    sid = _sara_run(
+        client, {"base": f"my{kind}", "folder": "stripes (procedural)", "steps": 2, "batch_size": 2}
+    )
+    live = client.get(f"/api/sara/session/{sid}").json()
+    assert live["step"] == 2 and len(live["losses"]) == 2 and live["trainable"] > 0
+    res = client.post(
+        "/api/sara/compare", json={"session": sid, "prompt": "stripes", "alphas": [0, 1], "steps": 2}
+    )
+    assert res.status_code == 200, res.text
+    assert [s["alpha"] for s in res.json()["samples"]] == [0, 1]

@@ -2,8 +2,8 @@
 
 ``--models DIR`` may hold ``drawaudio/`` (an adapter checkpoint with ``drawaudio_config.json``, optionally
 ``drawaudio/base/``; or a base directory with ``condition_config.json``), ``intra/`` (an IntraModel run),
-``songcreator/`` (a pipeline with ``pipeline.json``) and ``sara/`` (Stable Diffusion 1.x/2.x directories,
-one per subfolder, offered as base models). Without those, a page runs its system's shipped checkpoint
+``songcreator/`` (a pipeline with ``pipeline.json``) and ``sara/`` (Stable Diffusion 1.x/2.x, SDXL or SD3
+diffusers directories, one per subfolder, offered as base models). Without those, a page runs its system's shipped checkpoint
 (INTRA, Draw an Audio, SaRA's ``digits-sd-tiny`` base); anything else is a tiny model of that system
 with random weights, written under the studio's work folder and labelled *untrained* in the page: the page
 works end to end, but its output is noise-like until a trained checkpoint is given.
@@ -70,6 +70,16 @@ def shipped_checkpoint(system: str) -> Path | None:
 
         return ASSET_ADAPTER if (ASSET_ADAPTER / "adapter.safetensors").is_file() else None
     return None
+
+
+def _diffusers_kind(folder: Path) -> str | None:
+    """"sd", "sdxl" or "sd3" for a text-to-image diffusers directory SaRA can fine-tune, else None."""
+    from fourfold.sara.pipelines import pipeline_kind
+
+    try:
+        return pipeline_kind(folder)
+    except (FileNotFoundError, ValueError, OSError):
+        return None
 
 
 class StudioModels:
@@ -226,7 +236,7 @@ class StudioModels:
         d = self._user_dir("sara")
         if d is not None:
             for sub in sorted([d, *d.iterdir()]):
-                if sub.is_dir() and (sub / "unet").is_dir() and (sub / "text_encoder").is_dir():
+                if sub.is_dir() and _diffusers_kind(sub) is not None:
                     bases[sub.name] = {"path": str(sub), "trained": True}
         if (SHIPPED / "model_index.json").is_file():
             bases[SHIPPED.name] = {"path": str(SHIPPED), "trained": True}

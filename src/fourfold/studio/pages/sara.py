@@ -69,11 +69,10 @@ class CompareIn(BaseModel):
 class Session:
     id: str
     cfg: StartIn
-    unet: object
-    vae: object
-    text: object
-    tok: object
-    sched: object
+    parts: (
+        object  # fourfold.sara.pipelines.TextToImageParts: pipeline, denoiser, noise schedule, text encoding
+    )
+    unet: object  # the denoiser SaRA wraps (UNet for SD/SDXL, transformer for SD3)
     handle: object
     optimizer: torch.optim.Optimizer
     data: object
@@ -231,24 +230,27 @@ def _remember(sessions: dict[str, Session], s: Session) -> None:
 
 
 def _new_session(req: StartIn, base_path: str, folder_path: str, sid: str) -> Session:
-    """Load the base, wrap its UNet with SaRA and build the optimizer (deterministic given ``req``)."""
+    """Load the base (SD 1.x/2.x, SDXL or SD3), wrap its denoiser with SaRA, build the optimizer.
+
+    Deterministic given ``req``: the same base and fraction give the same selection.
+    """
+    from diffusers import DDIMScheduler
+
     from fourfold.sara.config import SaraConfig
     from fourfold.sara.data import CaptionedImages
     from fourfold.sara.handle import wrap
-    from fourfold.sara.train import load_components
+    from fourfold.sara.pipelines import load_parts
 
     torch.manual_seed(req.seed)
     with LOAD_LOCK:
-        unet, vae, text, tok, sched = load_components(base_path)
-    for m in (vae, text):
-        m.requires_grad_(False).eval()
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    resolution = int(unet.config.sample_size) * factor
-    data = CaptionedImages(folder_path, resolution, prefix=req.prefix)
-    handle = wrap(unet, SaraConfig(threshold=None, fraction=req.fraction, lambda_rank=req.lambda_rank,
-                                   progressive_at=0.5, rank_min_dim=8, lr=req.lr))  # fmt: skip
+        parts = load_parts(base_path)
+    if parts.kind != "sd3":  # sampling: DDIM over the training schedule (SD3 keeps its flow-matching sampler)
+        parts.pipe.scheduler = DDIMScheduler.from_config(parts.pipe.scheduler.config)
+    data = CaptionedImages(folder_path, parts.resolution, prefix=req.prefix)
+    handle = wrap(parts.denoiser, SaraConfig(threshold=None, fraction=req.fraction, lambda_rank=req.lambda_rank,
+                                             progressive_at=0.5, rank_min_dim=8, lr=req.lr))  # fmt: skip
     opt = torch.optim.AdamW(handle.parameters(), lr=handle.learning_rate(), weight_decay=1e-2)
-    return Session(sid, req, unet, vae, text, tok, sched, handle, opt, data, resolution,
+    return Session(sid, req, parts, parts.denoiser, handle, opt, data, parts.resolution,
                    base_path=str(base_path), folder_path=str(folder_path))  # fmt: skip
 
 
@@ -369,26 +371,20 @@ def _count_images(folder: str) -> int:
 
 
 def _train(s: Session, job: Job, save: Callable[[], None]) -> dict:
-    from fourfold.diffusion.training import training_step
-
     cfg, unet = s.cfg, s.unet
     unet.train()
-    gen = torch.Generator()
     n = len(s.data)
     t0 = time.time()
     while s.step < cfg.steps:
         job.check()  # Stop: the session keeps its state; Resume continues at s.step
-        # a seed per step: stopped + resumed (even from disk, in a new process) == uninterrupted
-        gen.manual_seed(cfg.seed * 1_000_003 + s.step)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen).tolist()
-        items = [s.data[i] for i in idx]
-        pixels = torch.stack([it["pixel_values"] for it in items])
-        with torch.no_grad():
-            latents = s.vae.encode(pixels).latent_dist.sample(generator=gen) * s.vae.config.scaling_factor
-            ids = s.tok([it["text"] for it in items], padding="max_length", max_length=s.tok.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids  # fmt: skip
-            enc = s.text(ids)[0]
-        loss = training_step(unet, s.sched, latents, {"encoder_hidden_states": enc}, generator=gen).loss
+        # a seed per step (batch, VAE sample, t, noise): stopped + resumed (even from disk, in a new
+        # process) == uninterrupted; fork_rng gives the global generator back afterwards
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed * 1_000_003 + s.step)
+            idx = torch.randint(0, n, (cfg.batch_size,)).tolist()
+            items = [s.data[i] for i in idx]
+            pixels = torch.stack([it["pixel_values"] for it in items])
+            loss = s.parts.loss(unet, pixels, [it["text"] for it in items])
         if cfg.lambda_rank > 0:
             loss = loss + s.handle.rank_loss(draw=s.step)
         value = float(loss.detach())
@@ -413,14 +409,10 @@ def _train(s: Session, job: Job, save: Callable[[], None]) -> dict:
 @torch.no_grad()
 def _compare(studio, s: Session, req: CompareIn) -> dict:
     """One sample per α (α = 0 is the base model before fine-tuning), same seed and prompt."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from PIL import Image
 
     s.unet.eval()
-    sched = DDIMScheduler.from_config(s.sched.config)
-    pipe = StableDiffusionPipeline(vae=s.vae, text_encoder=s.text, tokenizer=s.tok, unet=s.unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
+    pipe = s.parts.pipe  # holds the wrapped denoiser itself, so α scales apply to it
     d = studio.files.new_output_dir("sara-samples")
     out = []
     try:
