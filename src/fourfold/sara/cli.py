@@ -9,6 +9,10 @@ from typing import Annotated
 
 import typer
 
+# a small Stable Diffusion trained on coloured digits (fourfold.sara.sd_digits), so every command runs on a
+# fresh clone; kept as a path here so that `fourfold --help` does not import torch
+SHIPPED_BASE = Path(__file__).parent / "assets" / "digits-sd-tiny"
+
 app = typer.Typer(name="sara", help="SaRA: sparse low-rank fine-tuning of diffusion models (arXiv 2409.06633).",
                   no_args_is_help=True)  # fmt: skip
 
@@ -31,7 +35,6 @@ def _adapter_spec(spec: str) -> tuple[Path, float]:
 
 @app.command()
 def finetune(
-    model: Annotated[Path, typer.Option(help="diffusers SD1.x/2.x, SDXL or SD3 model directory (local)")],
     data: Annotated[Path, typer.Option(help="image folder with metadata.jsonl or .txt captions")],
     out: Annotated[Path, typer.Option(help="output directory")],
     threshold: Annotated[float | None, typer.Option(help="θ: train entries with |w| < θ")] = None,
@@ -59,6 +62,10 @@ def finetune(
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT's newest checkpoint")] = False,
     progress: Annotated[bool, typer.Option()] = True,
+    model: Annotated[
+        Path,
+        typer.Option(help="diffusers SD1.x/2.x, SDXL or SD3 model directory (local); default: shipped base"),
+    ] = SHIPPED_BASE,
 ) -> None:
     """Fine-tune a text-to-image UNet on a style folder; writes OUT/adapter (SaRA) and checkpoints."""
     _offline()
@@ -101,7 +108,6 @@ def _apply_adapters(unet, adapters: list[str]) -> None:
 
 @app.command()
 def generate(
-    model: Annotated[Path, typer.Option(help="diffusers SD1.x/2.x, SDXL or SD3 model directory")],
     prompts: Annotated[Path, typer.Option(help="text file, one prompt per line")],
     out: Annotated[Path, typer.Option(help="output directory for PNGs")],
     adapter: Annotated[
@@ -113,6 +119,9 @@ def generate(
     seed: Annotated[int, typer.Option(help="image i uses seed + i")] = 0,
     height: Annotated[int | None, typer.Option()] = None,
     width: Annotated[int | None, typer.Option()] = None,
+    model: Annotated[
+        Path, typer.Option(help="diffusers SD1.x/2.x, SDXL or SD3 model directory; default: shipped base")
+    ] = SHIPPED_BASE,
 ) -> None:
     """Generate one PNG per prompt (fixed seeds) with the base model plus SaRA adapters."""
     _offline()
@@ -137,9 +146,11 @@ def generate(
 
 @app.command()
 def merge(
-    model: Annotated[Path, typer.Option(help="diffusers model directory")],
     adapter: Annotated[list[str], typer.Option(help="SaRA adapter DIR or DIR:alpha; repeat to combine")],
     out: Annotated[Path, typer.Option(help="where to write the merged full diffusers model")],
+    model: Annotated[
+        Path, typer.Option(help="diffusers model directory; default: shipped base")
+    ] = SHIPPED_BASE,
 ) -> None:
     """Bake adapters into the UNet and save a complete diffusers model directory."""
     _offline()

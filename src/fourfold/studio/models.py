@@ -226,11 +226,11 @@ class StudioModels:
         """SaRA has no fixed model: list the base directories and image folders the user may pick.
 
         Bases: ``--models DIR``'s ``sara/<name>/`` SD folders, then the shipped ``digits-sd-tiny`` (a small
-        SD trained on coloured digits, ``fourfold.studio.sd_digits``); a random tiny SD only when neither
+        SD trained on coloured digits, ``fourfold.sara.sd_digits``); a random tiny SD only when neither
         exists. Folders: procedural outline digits (the style the shipped base never saw) and stripes.
         """
         from fourfold.sara.tiny import build_style_folder, build_tiny_sd_pipeline
-        from fourfold.studio.sd_digits import SHIPPED, build_outline_folder
+        from fourfold.sara.sd_digits import SHIPPED, build_outline_folder
 
         bases: dict[str, dict] = {}
         d = self._user_dir("sara")

@@ -1,4 +1,7 @@
-"""A small trained Stable Diffusion for the studio's SaRA page: coloured digits at 32×32.
+"""The shipped SaRA base: a small Stable Diffusion trained on coloured digits at 32×32.
+
+It is the default ``--model`` of ``fourfold sara finetune|generate|merge`` and the studio SaRA page's base,
+so those run on a fresh clone; a user's own diffusers directory replaces it by path.
 
 SaRA fine-tunes a *pretrained* diffusion model; with a random base its before/after samples are noise. This
 module trains, on CPU in minutes, a complete Stable-Diffusion-layout directory (``unet/``, ``vae/``,
@@ -21,7 +24,7 @@ weights, as in the paper's style fine-tuning.
 
 The shipped copy (``SHIPPED``) was made with::
 
-    python -m fourfold.studio.sd_digits --out src/fourfold/studio/assets/digits-sd-tiny
+    python -m fourfold.sara.sd_digits --out src/fourfold/sara/assets/digits-sd-tiny
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ def _train(out: Path, work: Path, vae_steps: int, unet_steps: int, batch_size: i
                "vae_final_loss": float(np.mean(vae_result.losses[-50:])),
                "unet_final_loss": float(np.mean(unet_result.losses[-50:])), "scaling_factor": scaling,
                "seconds": round(time.time() - t0, 1),
-               "command": f"python -m fourfold.studio.sd_digits --out {out}"}  # fmt: skip
+               "command": f"python -m fourfold.sara.sd_digits --out {out}"}  # fmt: skip
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp)

@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from fourfold.studio.sd_digits import (
+from fourfold.sara.sd_digits import (
     COLOURS,
     SHIPPED,
     WORDS,
@@ -72,3 +72,25 @@ def test_shipped_base_draws_the_prompted_colour():
 
     red, blue = ink("red five"), ink("blue five")
     assert red[0] > red[2] + 0.2 and blue[2] > blue[0] + 0.2, (red, blue)
+
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(), reason="shipped base not built")
+def test_cli_defaults_to_the_shipped_base(tmp_path):
+    """`fourfold sara finetune|generate` run on a fresh clone with no --model: the shipped base is used."""
+    from typer.testing import CliRunner
+
+    from fourfold.sara.cli import SHIPPED_BASE, app
+
+    assert SHIPPED_BASE.resolve() == SHIPPED.resolve()
+    folder = build_outline_folder(tmp_path / "outline", n=4)
+    run = CliRunner().invoke(app, ["finetune", "--data", str(folder), "--out", str(tmp_path / "run"),
+                                   "--steps", "2", "--batch-size", "2", "--fraction", "0.05", "--no-progress"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    (tmp_path / "p.txt").write_text("outline red three\n")
+    run = CliRunner().invoke(app, ["generate", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "img"),
+                                   "--adapter", str(tmp_path / "run" / "adapter"), "--steps", "2"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "img" / "0000.png").size == (32, 32)
