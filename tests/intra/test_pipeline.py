@@ -192,3 +192,27 @@ def test_cli_eval_on_mask_layout(world, tiny_model, tmp_path):
     m = json.loads((tmp_path / "ck" / "metrics.json").read_text())
     assert m["n"] == len(list((root / "images").iterdir())) and m["data"] == str(root)
     assert set(m["groups"]["affordance"]) == {"hold"}
+
+
+def test_part_hit_rates_on_gt_and_inverted_gt(world, monkeypatch):
+    import fourfold.intra.pipeline as pipeline
+    from fourfold.data.agd20k import load_gt
+
+    items = read_testset(world, "Seen", labels=world_labels())
+    gt_of = {it.path: load_gt(it.gt_path) for it in items}
+    path_of = {}  # the oracle predicts from the GT of the image it is given
+    real_load = pipeline.load_image
+
+    def tracking_load(path):
+        im = real_load(path)
+        path_of[id(im)] = path
+        return im
+
+    def oracle(images, _affs, sign=1.0):
+        return [sign * gt_of[path_of[id(im)]] for im in images]
+
+    monkeypatch.setattr(pipeline, "load_image", tracking_load)
+    good = pipeline.part_hit_rates(items, oracle)
+    bad = pipeline.part_hit_rates(items, lambda ims, affs: oracle(ims, affs, -1.0))
+    assert good["all"] == 1.0 and good["knife:hold"] == 1.0
+    assert bad["all"] == 0.0

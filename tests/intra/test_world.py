@@ -84,3 +84,17 @@ def test_seeded(tmp_path):
     b = make_affordance_world(tmp_path / "b", seed=1, config=cfg, splits=("Seen",))
     f = "Seen/trainset/exocentric/hold/knife/hold_knife_0000.png"
     assert np.array_equal(np.asarray(Image.open(a / f)), np.asarray(Image.open(b / f)))
+
+
+def test_without_cues_hold_and_carry_images_share_arm_colour():
+    import random
+
+    from fourfold.data.affordance_shapes import exocentric_image
+
+    def arm_colours(aff, cues):
+        img = exocentric_image(random.Random(5), WorldConfig(cues=cues, distractor_hand_p=0.0), aff, "knife")
+        return {tuple(c) for c in img.reshape(-1, 3).astype(int)}
+
+    # same rng: only the cue differs between the two affordances' renderings
+    assert arm_colours("hold", False) == arm_colours("carry", False)
+    assert arm_colours("hold", True) != arm_colours("carry", True)

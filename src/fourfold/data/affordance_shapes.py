@@ -219,6 +219,9 @@ class WorldConfig:
     object_scale: tuple[float, float] = (0.26, 0.4)  # object half-size as a share of the side
     gt_sigma: float = 0.03  # GT blur σ as a share of the side
     distractor_hand_p: float = 1.0  # probability of a second hand on a non-target part
+    # Arm colour and context shape coded by the affordance's index within its part group (True), or the
+    # same for every affordance (False: then nothing in an image separates hold from carry, as R says).
+    cues: bool = True
 
 
 # Each object's tint, mixed into every one of its parts (with its stripes) so that any part of an object
@@ -338,7 +341,7 @@ def exocentric_image(rng: random.Random, cfg: WorldConfig, affordance: str, obj:
     distractor_p = cfg.distractor_hand_p
     canvas = _background(rng, cfg.size)
     masks = render_object(canvas, obj, _pose(rng, cfg.size, cfg.object_scale))
-    cue = cue_index(affordance)
+    cue = cue_index(affordance) if cfg.cues else 0
     whole = np.any(np.stack(list(masks.values())), axis=0)
     _context(canvas, rng, cue, whole, count=rng.randint(2, 4))
     _actor(canvas, rng, cue, masks[AFFORDANCE_PART[affordance]])

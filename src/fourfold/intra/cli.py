@@ -110,7 +110,7 @@ def train(
     for s in range(seed, seed + seeds):
         run = seed_run_dir(out, s) if seeds > 1 else out
         eval_fn = best_step_eval_fn(sel_items, run, selection) if selection else None
-        torch_seed(s)
+        _seed_init(s)
         tcfg = IntraTrainConfig(
             output_dir=str(run), max_steps=steps, batch_size=batch_size, learning_rate=lr, seed=s,
             cache_image_features=cache_features,
@@ -125,7 +125,7 @@ def train(
         )
 
 
-def torch_seed(seed: int) -> None:
+def _seed_init(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)  # the trainable heads are initialised before the Trainer seeds its loop

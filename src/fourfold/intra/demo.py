@@ -28,7 +28,13 @@ from fourfold.data.agd20k import label_text, read_exocentric, read_testset
 from fourfold.intra.config import IntraConfig
 from fourfold.intra.encoders import build_tiny_image_encoder, build_tiny_text_encoder
 from fourfold.intra.model import IntraModel
-from fourfold.intra.pipeline import IntraGrounder, centre_prior_predict, evaluate_items, overlay
+from fourfold.intra.pipeline import (
+    IntraGrounder,
+    centre_prior_predict,
+    evaluate_items,
+    overlay,
+    part_hit_rates,
+)
 from fourfold.intra.relations import RelationshipMap, SynonymTable
 from fourfold.intra.train import IntraTrainConfig, train_intra
 from fourfold.nn import atomic_write_text
@@ -88,6 +94,17 @@ def train_variant(
 def _scores(items, predict) -> dict[str, float]:
     m = evaluate_items(items, predict).means()
     return {k: m[k] for k in METRICS}
+
+
+def _part_selection(g: IntraGrounder, items) -> dict[str, float]:
+    """Share of Seen test maps whose argmax lies on the text's part: all items, and the knife's hold / cut with."""
+    hits = part_hit_rates(items, lambda ims, a: g.ground_batch(ims, [label_text(x) for x in a]))
+    knives = [it.path for it in items if it.obj == "knife" and it.affordance == "hold"]
+    corr = [np.corrcoef(g.ground_many(p, ["hold", "cut with"]).reshape(2, -1))[0, 1] for p in knives]
+    return {
+        **{k: hits[k] for k in ("all", "knife:hold", "knife:cut_with")},
+        "knife hold-vs-cut-with map correlation": float(np.mean(corr)),  # 1 = the text changes nothing
+    }
 
 
 def _grid_figure(grounder: IntraGrounder, world: Path, path: Path) -> None:
@@ -157,10 +174,16 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
             row["Seen, held-out texts"] = _scores(
                 tests["Seen"], lambda ims, a, g=g: g.ground_batch(ims, [HELDOUT_TEXTS[x] for x in a])
             )
+            row["part selection"] = _part_selection(g, tests["Seen"])
             per_seed.append(row)
         results[name] = {
             split: {k: float(np.mean([r[split][k] for r in per_seed])) for k in METRICS}
             for split in per_seed[0]
+            if split != "part selection"
+        }
+        results[name]["part selection"] = {
+            k: float(np.mean([r["part selection"][k] for r in per_seed]))
+            for k in per_seed[0]["part selection"]
         }
         results[name]["seeds"] = list(settings.seeds)
     _grid_figure(grounders["INTRA"], world, out_dir / "overlays.png")
@@ -176,11 +199,22 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
         for split in ("Seen", "Unseen")
         for k in METRICS
     }
-    rows = []
+    rows, part_rows = [], []
     for name, res in results.items():
         for split in ("Seen", "Unseen", "Seen, held-out texts"):
             if split in res:
                 rows.append([name, split, *(res[split][k] for k in METRICS)])
+        if "part selection" in res:
+            ps = res["part selection"]
+            part_rows.append(
+                [
+                    name,
+                    ps["all"],
+                    ps["knife:hold"],
+                    ps["knife:cut_with"],
+                    ps["knife hold-vs-cut-with map correlation"],
+                ]
+            )
     seconds = time.time() - t0
     metrics = {"results": results, "steps": settings.steps, "seeds": list(settings.seeds), "quick": quick}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -200,7 +234,13 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
                 ["model", "test set", "KLD↓", "SIM↑", "NSS↑"],
                 rows,
                 note="Seen: train objects in new poses; Unseen: held-out objects (cleaver, cup).",
-            )
+            ),
+            Table(
+                "Text-correct part selection (map argmax on the text's part), Seen test images",
+                ["model", "all", "knife: hold", "knife: cut with", "knife: corr(hold map, cut-with map)"],
+                part_rows,
+                note="The spec's goal is >= 0.8 on multi-part objects; see docs/intra.md for where this stands.",
+            ),
         ],
         figures=[
             Media("overlays.png", "INTRA heatmaps (jet) on egocentric test images, one row per object"),
@@ -228,12 +268,12 @@ def compare_relation_seeds(
                 world, image_dir, text_dir, out_dir / "runs" / f"{name[0]}{seed}", settings, seed, **overrides
             )
             g = IntraGrounder(model)
-            runs[name].append(
-                {
-                    s: _scores(items, lambda ims, a, g=g: g.ground_batch(ims, [label_text(x) for x in a]))
-                    for s, items in tests.items()
-                }
-            )
+            row = {
+                s: _scores(items, lambda ims, a, g=g: g.ground_batch(ims, [label_text(x) for x in a]))
+                for s, items in tests.items()
+            }
+            row["part selection"] = _part_selection(g, tests["Seen"])
+            runs[name].append(row)
     median = {
         name: {s: {k: float(np.median([r[s][k] for r in rs])) for k in METRICS} for s in tests}
         for name, rs in runs.items()

@@ -27,6 +27,7 @@ __all__ = [
     "centre_prior_predict",
     "evaluate_items",
     "overlay",
+    "part_hit_rates",
     "save_heatmap_png",
 ]
 
@@ -128,6 +129,25 @@ def evaluate_items(
         gts += [load_gt(it.gt_path, binary=it.binary_gt) for it in chunk]
     groups = {"affordance": [it.affordance for it in items], "object": [it.obj for it in items]}
     return saliency_scores(preds, gts, groups=groups)
+
+
+def part_hit_rates(items: Sequence[EgoItem], predict, *, batch_size: int = 32) -> dict[str, float]:
+    """Text-correct part selection: the share of test items whose map argmax lies on the GT part
+    (GT > 0.5 · its max), overall and per ``object:affordance``. ``predict`` as in :func:`evaluate_items`."""
+    hits: dict[str, list[bool]] = {}
+    for lo in range(0, len(items), batch_size):
+        chunk = items[lo : lo + batch_size]
+        maps = predict([load_image(it.path) for it in chunk], [it.affordance for it in chunk])
+        for it, heat in zip(chunk, maps, strict=True):
+            gt = load_gt(it.gt_path, binary=it.binary_gt)
+            heat = np.asarray(heat)
+            if heat.shape != gt.shape:
+                raise ValueError(f"{it.path}: map {heat.shape} vs GT {gt.shape}")
+            y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            hit = bool(gt[y, x] > 0.5 * gt.max())
+            hits.setdefault("all", []).append(hit)
+            hits.setdefault(f"{it.obj}:{it.affordance}", []).append(hit)
+    return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
 def centre_prior_predict(images: Sequence[Image.Image], _texts: Sequence[str]) -> list[np.ndarray]:
