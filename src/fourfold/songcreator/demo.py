@@ -1,6 +1,6 @@
 """``fourfold songcreator demo``: a tiny DSLM on procedural songs with oracle tokens (spec §8.5–8.10).
 
-1. 4 keys × 2 tempos of :class:`~fourfold.data.songs.ProceduralSongs`, tokens from
+1. 4 keys × 2 tempos of :class:`~fourfold.data.songs.ProceduralSongs` (1,024 songs to train), tokens from
    :class:`~fourfold.songcreator.oracle.ProceduralLabelTokenizer`.
 2. The DSLM: the shipped checkpoint (made by ``run_demo(out, quick=False)``, see ``SHIPPED_COMMAND``) in
    quick mode, otherwise trained here with the multi-task recipe.
@@ -65,6 +65,26 @@ def _train(items, fe, tok, steps: int, out_dir: Path):
         learning_rate=2e-3,
         warmup_steps=30,
         recipe=recipe,
+    )
+    return model.eval(), result.losses
+
+
+def _continue(model, items, steps: int, out_dir: Path):
+    """Second phase of the full demo: ``steps`` more at lr 1e-3 with a new data order (seed 1)."""
+    from fourfold.songcreator.recipe import DSLMRecipe
+    from fourfold.songcreator.training import train_dslm
+
+    torch.manual_seed(1)
+    result = train_dslm(
+        model.train(),
+        items,
+        out_dir / "train2",
+        steps=steps,
+        batch_size=16,
+        learning_rate=1e-3,
+        warmup_steps=30,
+        recipe=DSLMRecipe(model.config, prompt_seconds=(1.0, 2.0)),
+        seed=1,
     )
     return model.eval(), result.losses
 
@@ -216,16 +236,22 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    songs, fe, tok, items = _setup(64)
+    # full mode: 1,024 songs. With 64, the DSLM memorised each song's vowels instead of learning to align
+    # lyrics to syllables (teacher-forced onset-vowel accuracy on held-out songs 0.15, chance 0.2; with
+    # 1,024: 0.47 vs 0.14 for shuffled lyrics); quick mode only uses the first 16 for rendering
+    songs, fe, tok, items = _setup(64 if quick else 1024)
     losses: list[float] = []
     renderer = None
     if quick and (SHIPPED_CHECKPOINT / "config.json").is_file():
         shipped = SongCreatorPipeline.shipped()  # DSLM + the trained latent-diffusion renderer
         model, renderer, source = shipped.dslm, shipped.renderer, "shipped pipeline"
     else:
-        steps = 200 if quick else 800
+        steps = 200 if quick else 1600
         model, losses = _train(items, fe, tok, steps, out_dir)
         source = f"trained here ({steps} steps)"
+        if not quick:  # then 800 steps at lr 1e-3: key carry-over 0.66 -> 0.70, onsets on grid 0.57 -> 0.84
+            model, more = _continue(model, items, 800, out_dir)
+            losses, source = losses + more, "trained here (1600 + 800 steps)"
         if not quick:
             model.save_pretrained(out_dir / "dslm")
     # held-out songs (another seed): their lyrics carry no memorised key, so None can only guess
@@ -235,8 +261,8 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
     edits = edit_check(model, held, 8)
     sung = bca_ablation(model, held, n, with_lyrics=True, strategies=("BR",))
     ver = vowel_error_rates(sung["BR"]["samples"], held)
-    held_songs, _, _, _ = _setup(16, seed=1, prompts=False)
-    carry = prompt_carry(model, held_songs, tok, 16 if quick else 32)
+    held_songs, _, _, _ = _setup(32, seed=1, prompts=False)
+    carry = prompt_carry(model, held_songs, tok, 32)
     gt = [stream_agreement(it["vocals"], it["accompaniment"], candidates=KEYS) for it in held]
     gt_key = float(np.mean([g["key_agree"] for g in gt if g["key_agree"] is not None]))
 
