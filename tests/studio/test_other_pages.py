@@ -52,15 +52,14 @@ def test_intra_heatmaps_and_pixel_scores(page, screens, studio_server):
 def test_songcreator_generate_and_edit_a_span(page, screens):
     page.goto(page.base + "/#songcreator")
     page.wait_for_function("() => document.querySelector('#sc-task').options.length === 9")
+    # with no --models the page runs the shipped trained pipeline
+    page.wait_for_function(
+        "() => document.querySelector('#songcreator-model').textContent.includes('procedural-tiny')"
+    )
     assert page.is_hidden("[data-input=vocals]")  # lyrics-to-song needs no stem
     page.fill("#sc-seconds", "2")
-    page.click("#sc-generate")
-    page.wait_for_selector("#sc-results:not([hidden])")
-    for kind in ("song", "vocals", "accompaniment"):
-        page.wait_for_function(f"() => document.querySelector('#sc-out-{kind}').duration > 0")
-        assert abs(page.eval_on_selector(f"#sc-out-{kind}", "a => a.duration") - 2.0) < 0.05
 
-    # an edit task: upload vocals, drag a span over the waveform, generate
+    # an edit task without its inputs, then with an uploaded recording the shipped pipeline cannot read
     page.select_option("#sc-task", "edit_vocals")
     assert page.is_visible("[data-input=vocals]") and page.is_hidden("[data-input=accompaniment]")
     page.click("#sc-generate")  # no vocals yet: a clear message, nothing crashes
@@ -75,6 +74,23 @@ def test_songcreator_generate_and_edit_a_span(page, screens):
     drag(page, "#sc-wave-vocals", [(0.25, 0.5), (0.5, 0.5)])
     span = page.inner_text("#sc-span")
     assert span.startswith("span: 0.50") and span.endswith("1.00 s"), span
+    page.click("#sc-generate")
+    page.wait_for_function(
+        "() => document.querySelector('#songcreator-error').textContent.includes('cannot read an uploaded recording')"
+    )
+
+    # make a song, then edit a span of its vocals
+    page.select_option("#sc-task", "lyrics_to_song")
+    page.click("#sc-generate")
+    page.wait_for_selector("#sc-results:not([hidden])")
+    for kind in ("song", "vocals", "accompaniment"):
+        page.wait_for_function(f"() => document.querySelector('#sc-out-{kind}').duration > 0")
+        assert abs(page.eval_on_selector(f"#sc-out-{kind}", "a => a.duration") - 2.0) < 0.05
+    before = canvas_pixels(page, "#sc-wave-vocals")
+    page.click("#sc-use-vocals")
+    page.wait_for_function(f"() => document.querySelector('#sc-wave-vocals').toDataURL() !== {before!r}")
+    page.select_option("#sc-task", "edit_vocals")
+    drag(page, "#sc-wave-vocals", [(0.25, 0.5), (0.5, 0.5)])
     with page.expect_request("**/api/songcreator/generate") as req:
         page.click("#sc-generate")
     assert [round(v, 2) for v in req.value.post_data_json["span"]] == [0.5, 1.0]

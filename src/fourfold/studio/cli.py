@@ -22,7 +22,7 @@ def studio(
         Path | None,
         typer.Option(
             help="folder with drawaudio/, intra/, songcreator/, sara/<model>/ checkpoints; "
-            "a system without one runs a tiny untrained model"
+            "a system without one runs its shipped checkpoint"
         ),
     ] = None,
     drawaudio: Annotated[

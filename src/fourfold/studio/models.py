@@ -4,7 +4,7 @@
 ``drawaudio/base/``; or a base directory with ``condition_config.json``), ``intra/`` (an IntraModel run),
 ``songcreator/`` (a pipeline with ``pipeline.json``) and ``sara/`` (Stable Diffusion 1.x/2.x, SDXL or SD3
 diffusers directories, one per subfolder, offered as base models). Without those, a page runs its system's shipped checkpoint
-(INTRA, Draw an Audio, SaRA's ``digits-sd-tiny`` base); anything else is a tiny model of that system
+(INTRA, Draw an Audio, SongCreator, SaRA's ``digits-sd-tiny`` base); anything else is a tiny model of that system
 with random weights, written under the studio's work folder and labelled *untrained* in the page: the page
 works end to end, but its output is noise-like until a trained checkpoint is given.
 """
@@ -69,11 +69,15 @@ def shipped_checkpoint(system: str) -> Path | None:
         from fourfold.drawaudio.demo import ASSET_ADAPTER
 
         return ASSET_ADAPTER if (ASSET_ADAPTER / "adapter.safetensors").is_file() else None
+    if system == "songcreator":
+        from fourfold.songcreator.pipeline import SHIPPED_PIPELINE
+
+        return SHIPPED_PIPELINE if (SHIPPED_PIPELINE / "pipeline.json").is_file() else None
     return None
 
 
 def _diffusers_kind(folder: Path) -> str | None:
-    """"sd", "sdxl" or "sd3" for a text-to-image diffusers directory SaRA can fine-tune, else None."""
+    """ "sd", "sdxl" or "sd3" for a text-to-image diffusers directory SaRA can fine-tune, else None."""
     from fourfold.sara.pipelines import pipeline_kind
 
     try:
@@ -229,8 +233,8 @@ class StudioModels:
         SD trained on coloured digits, ``fourfold.sara.sd_digits``); a random tiny SD only when neither
         exists. Folders: procedural outline digits (the style the shipped base never saw) and stripes.
         """
-        from fourfold.sara.tiny import build_style_folder, build_tiny_sd_pipeline
         from fourfold.sara.sd_digits import SHIPPED, build_outline_folder
+        from fourfold.sara.tiny import build_style_folder, build_tiny_sd_pipeline
 
         bases: dict[str, dict] = {}
         d = self._user_dir("sara")
