@@ -129,3 +129,21 @@ def test_is_and_kl_hand_computed():
     # KL(ref ‖ gen) for one pair: ref (0.5, 0.5), gen (0.8, 0.2)
     kl = kl_divergence(np.log([[0.8, 0.2]]), np.log([[0.5, 0.5]]))["kl_softmax"]
     assert kl == pytest.approx(0.5 * np.log(0.5 / (0.8 + 1e-6)) + 0.5 * np.log(0.5 / (0.2 + 1e-6)), rel=1e-9)
+
+
+def test_distribution_metrics_needs_its_embedders():
+    from fourfold.metrics.audio import distribution_metrics
+
+    wavs = [np.zeros(16000, np.float32)] * 2
+    with pytest.raises(ValueError, match="PANNs"):
+        distribution_metrics(wavs, wavs, 16000, ["fd"])
+    with pytest.raises(ValueError, match="VGGish"):
+        distribution_metrics(wavs, wavs, 16000, ["fad"])
+    with pytest.raises(ValueError, match="unknown"):
+        distribution_metrics(wavs, wavs, 16000, ["csav"])
+    with pytest.raises(ValueError, match="paired"):
+        distribution_metrics(wavs, wavs[:1], 16000, ["fd"], panns=lambda w: w)
+    torch.manual_seed(0)
+    gen, ref = [*wavs, np.full(16000, 0.1, np.float32)], [*wavs, np.zeros(16000, np.float32)]
+    out = distribution_metrics(gen, ref, 16000, ["fad"], vggish=VGGish(TINY_VGGISH).eval())
+    assert np.isfinite(out["fad"]) and set(out) == {"fad"}
