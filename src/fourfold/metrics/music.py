@@ -28,6 +28,7 @@ __all__ = [
     "estimate_key",
     "key_agreement",
     "key_weighted_score",
+    "log_mel_100hz_config",
     "mcd_mel",
     "mfcc_stats_frames",
     "onsets_on_grid",
@@ -171,23 +172,25 @@ def error_rate(reference: Sequence, hypothesis: Sequence) -> float:
     return prev[-1] / len(ref)
 
 
+def log_mel_100hz_config(sr: int):
+    """The 64-band log-mel at 100 frames/s (1024-point window, no peak normalisation) that ``mfcc_stats``
+    and ``mcd_mel`` inputs are computed on."""
+    from fourfold.audio.mel import MelConfig
+
+    return MelConfig(sample_rate=sr, n_fft=1024, win_length=1024, hop_length=sr // 100, n_mels=64, f_max=None,
+                     peak_norm=None)  # fmt: skip
+
+
 def mfcc_stats_frames(wav: np.ndarray, sr: int, *, window_s: float = 0.96, n_mfcc: int = 20) -> np.ndarray:
     """``mfcc_stats`` embedder: ``(windows, 2·n_mfcc)`` — mean and std of MFCCs per non-overlapping window."""
     import torch
     from scipy.fft import dct
 
-    from fourfold.audio.mel import MelConfig, mel_spectrogram
+    from fourfold.audio.mel import mel_spectrogram
 
-    cfg = MelConfig(
-        sample_rate=sr,
-        n_fft=1024,
-        win_length=1024,
-        hop_length=sr // 100,
-        n_mels=64,
-        f_max=None,
-        peak_norm=None,
-    )
-    mel = mel_spectrogram(torch.as_tensor(np.asarray(wav, np.float32)), cfg).numpy()  # (64, frames) at 100 Hz
+    mel = mel_spectrogram(
+        torch.as_tensor(np.asarray(wav, np.float32)), log_mel_100hz_config(sr)
+    ).numpy()  # (64, frames) at 100 Hz
     mfcc = dct(mel, type=2, norm="ortho", axis=0)[:n_mfcc]
     per = max(1, round(window_s * 100))
     n = mfcc.shape[1] // per

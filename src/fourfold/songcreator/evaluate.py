@@ -102,9 +102,9 @@ def audio_metrics(
     * ``per``: phones recognised in the generated vocals vs the lyrics' CMUdict phones; needs
       ``phoneme_model`` (a local ``Wav2Vec2ForCTC`` directory).
     """
-    from fourfold.audio.mel import MelConfig, mel_spectrogram
+    from fourfold.audio.mel import mel_spectrogram
     from fourfold.metrics.frechet import frechet_distance_from_features
-    from fourfold.metrics.music import mcd_mel, mfcc_stats_frames
+    from fourfold.metrics.music import log_mel_100hz_config, mcd_mel, mfcc_stats_frames
 
     if pipe.renderer is None:
         raise ValueError("audio metrics need a pipeline with a renderer")
@@ -133,15 +133,7 @@ def audio_metrics(
                 "value": frechet_distance_from_features(frames(gens), frames(refs)),
             }
     if "mcd" in wanted:
-        cfg = MelConfig(
-            sample_rate=sr,
-            n_fft=1024,
-            win_length=1024,
-            hop_length=sr // 100,
-            n_mels=64,
-            f_max=None,
-            peak_norm=None,
-        )
+        cfg = log_mel_100hz_config(sr)
         mel = lambda w: mel_spectrogram(torch.as_tensor(w, dtype=torch.float32), cfg).numpy()  # noqa: E731
         out["mcd"] = {
             "variant": "mcd_mel",
