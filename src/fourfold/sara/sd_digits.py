@@ -38,10 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from fourfold.sara.tiny import TINY_SD_MAX_LEN
 
 SHIPPED = Path(__file__).parent / "assets" / "digits-sd-tiny"
 RESOLUTION = 32
-MAX_LEN = 24  # tokenizer length (fourfold.sara.tiny.TINY_SD_MAX_LEN): 22 characters + start/end
 COLOURS = {
     "red": (235, 64, 52),
     "green": (60, 200, 90),
@@ -95,10 +97,9 @@ def build_outline_folder(root: Path, n: int = 20, seed: int = 0) -> Path:
 
 
 def _components(seed: int, tok_dir: Path):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from fourfold.sara.tiny import tiny_clip_tokenizer
+    from fourfold.sara.tiny import sd_ddpm_scheduler, tiny_clip_text_encoder, tiny_clip_tokenizer
 
     tok, vocab_size = tiny_clip_tokenizer(tok_dir)
     torch.manual_seed(seed)
@@ -113,26 +114,7 @@ def _components(seed: int, tok_dir: Path):
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
         norm_num_groups=8,
     )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    ))  # fmt: skip
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False, steps_offset=1)  # fmt: skip
-    return vae, unet, text, tok, sched
-
-
-class _Tensors(torch.utils.data.Dataset):
-    def __init__(self, **tensors: torch.Tensor) -> None:
-        self.tensors = tensors
-        self.n = len(next(iter(tensors.values())))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
+    return vae, unet, tiny_clip_text_encoder(vocab_size), tok, sd_ddpm_scheduler()
 
 
 def train(out: Path, vae_steps: int = 1000, unet_steps: int = 3000, batch_size: int = 32, seed: int = 0,
@@ -166,40 +148,44 @@ def _train(out: Path, work: Path, vae_steps: int, unet_steps: int, batch_size: i
     t0 = time.time()
 
     def vae_loss(model, batch):
-        post = model.encode(batch["pixels"]).latent_dist
+        (x,) = batch  # (b, 3, 32, 32) in [-1, 1]
+        post = model.encode(x).latent_dist
         recon = model.decode(post.sample()).sample
-        l1 = F.l1_loss(recon, batch["pixels"])
-        kl = post.kl().mean() / batch["pixels"][0].numel()
+        l1 = F.l1_loss(recon, x)
+        kl = post.kl().mean() / x[0].numel()
         return l1 + 1e-4 * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
 
     cfg = TrainerConfig(output_dir=str(work / "vae"), max_steps=vae_steps, batch_size=vae_batch_size,
                         learning_rate=1e-3, lr_schedule="cosine", warmup_steps=50, seed=seed,
                         log_every=100, progress=progress)  # fmt: skip
-    vae_result = Trainer(vae, cfg, _Tensors(pixels=pixels), vae_loss).fit()
+    vae_result = Trainer(vae, cfg, TensorDataset(pixels), vae_loss).fit()
     vae.eval().requires_grad_(False)
 
     with torch.no_grad():
         latents = torch.cat([vae.encode(p).latent_dist.mode() for p in pixels.split(256)])
         scaling = float(1.0 / latents.std())
         vae.register_to_config(scaling_factor=scaling)
-        ids = tok(captions, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt")
-        empty = tok([""], padding="max_length", max_length=MAX_LEN, return_tensors="pt").input_ids
+        ids = tok(
+            captions, padding="max_length", max_length=TINY_SD_MAX_LEN, truncation=True, return_tensors="pt"
+        )
+        empty = tok([""], padding="max_length", max_length=TINY_SD_MAX_LEN, return_tensors="pt").input_ids
         text.eval().requires_grad_(False)
         cond = torch.cat([text(i)[0] for i in ids.input_ids.split(512)])  # (n, 24, 32)
         uncond = text(empty)[0][0]  # (24, 32)
     gen = torch.Generator().manual_seed(seed)
 
     def unet_loss(model, batch):
-        enc = batch["cond"].clone()
+        latents, enc = batch  # (b, 4, 8, 8) unscaled VAE means, (b, 24, 32) prompt embeddings
+        enc = enc.clone()
         drop = torch.rand(len(enc), generator=gen) < 0.1  # classifier-free guidance dropout
         enc[drop] = uncond
-        z0 = batch["latents"] * scaling
+        z0 = latents * scaling
         return training_step(model, sched, z0, {"encoder_hidden_states": enc}, generator=gen).loss
 
     cfg = TrainerConfig(output_dir=str(work / "unet"), max_steps=unet_steps, batch_size=batch_size,
                         learning_rate=1e-3, lr_schedule="cosine", warmup_steps=100, seed=seed,
                         log_every=100, max_grad_norm=1.0, progress=progress)  # fmt: skip
-    unet_result = Trainer(unet, cfg, _Tensors(latents=latents, cond=cond), unet_loss).fit()
+    unet_result = Trainer(unet, cfg, TensorDataset(latents, cond), unet_loss).fit()
     unet.eval()
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,

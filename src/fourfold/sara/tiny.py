@@ -248,6 +248,25 @@ def tiny_clip_tokenizer(folder: Path | None = None):
     return tok, len(vocab)
 
 
+def tiny_clip_text_encoder(vocab_size: int):
+    """A random 2-layer width-32 ``CLIPTextModel`` over ``tiny_clip_tokenizer``'s vocabulary (uses the RNG)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=TINY_SD_MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))  # fmt: skip
+
+
+def sd_ddpm_scheduler():
+    """SD1.5's training noise schedule: DDPM, 1,000 scaled-linear β from 0.00085 to 0.012, ε-prediction."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, clip_sample=False, steps_offset=1)  # fmt: skip
+
+
 def build_tiny_sd_pipeline(root: Path, seed: int = 0) -> Path:
     """Save a random SD1.x-layout ``StableDiffusionPipeline`` directory at ``root`` (written atomically).
 
@@ -255,8 +274,7 @@ def build_tiny_sd_pipeline(root: Path, seed: int = 0) -> Path:
     (16 px images); 2-layer width-32 CLIP text encoder with ``tiny_clip_tokenizer``; DDPM scaled-linear
     0.00085..0.012 as SD1.5. Same ``seed`` → identical weights. Returns ``root``.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
     from fourfold.nn.modeling import atomic_write_dir
 
@@ -272,13 +290,8 @@ def build_tiny_sd_pipeline(root: Path, seed: int = 0) -> Path:
         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4, norm_num_groups=8,
         sample_size=16,
     )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=TINY_SD_MAX_LEN, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    ))  # fmt: skip
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False, steps_offset=1)  # fmt: skip
+    text = tiny_clip_text_encoder(vocab_size)
+    sched = sd_ddpm_scheduler()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     return atomic_write_dir(Path(root), lambda tmp: pipe.save_pretrained(tmp))
