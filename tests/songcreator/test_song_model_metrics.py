@@ -113,8 +113,8 @@ def test_per_greedy_ctc(tmp_path):
     assert phoneme_error_rate([["M", "UW", "S", "IY"], ["AA"]], [hyp, []]) == pytest.approx(1 / 5)
 
 
-def test_per_local_wav2vec2(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _save_tiny_ctc(tmp_path, out) -> None:
+    """A seeded random 1-layer Wav2Vec2ForCTC over PHONES, with its tokenizer, saved to ``out``."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     tok = _tokenizer(tmp_path)
@@ -132,8 +132,13 @@ def test_per_local_wav2vec2(tmp_path, monkeypatch):
         pad_token_id=0,
     )
     torch.manual_seed(0)
-    Wav2Vec2ForCTC(cfg).save_pretrained(tmp_path / "ctc")
-    tok.save_pretrained(tmp_path / "ctc")
+    Wav2Vec2ForCTC(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def test_per_local_wav2vec2(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _save_tiny_ctc(tmp_path, tmp_path / "ctc")
     rec = PhonemeRecognizer.from_pretrained(tmp_path / "ctc")
     hyp = rec.transcribe(tone(300.0, seconds=0.5), SR)
     assert all(p in PHONES[2:] for p in hyp)
@@ -145,7 +150,6 @@ def test_cli_eval_audio_metrics(tmp_path, monkeypatch):
     """`eval --metrics fad,mcd,secs,per` on the shipped pipeline with tiny local models."""
     import json
 
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
     from typer.testing import CliRunner
 
     from fourfold.songcreator.cli import app
@@ -154,21 +158,7 @@ def test_cli_eval_audio_metrics(tmp_path, monkeypatch):
     torch.manual_seed(0)
     VGGish(VGGishConfig.tiny()).save_pretrained(tmp_path / "vggish")
     SpeakerEncoder(SpeakerEncoderConfig.tiny()).save_pretrained(tmp_path / "spk")
-    cfg = Wav2Vec2Config(
-        vocab_size=len(PHONES),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_kernel=(10, 3),
-        conv_stride=(5, 2),
-        num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
-        pad_token_id=0,
-    )
-    Wav2Vec2ForCTC(cfg).save_pretrained(tmp_path / "ctc")
-    _tokenizer(tmp_path).save_pretrained(tmp_path / "ctc")
+    _save_tiny_ctc(tmp_path, tmp_path / "ctc")
     args = [
         "eval",
         "--metrics",
