@@ -69,20 +69,25 @@ class CompareIn(BaseModel):
 class Session:
     id: str
     cfg: StartIn
-    parts: (
-        object  # fourfold.sara.pipelines.TextToImageParts: pipeline, denoiser, noise schedule, text encoding
-    )
-    unet: object  # the denoiser SaRA wraps (UNet for SD/SDXL, transformer for SD3)
+    parts: object  # fourfold.sara.pipelines.TextToImageParts: pipeline, denoiser, schedule, text encoding
     handle: object
     optimizer: torch.optim.Optimizer
     data: object
-    resolution: int
-    base_path: str = ""
-    folder_path: str = ""
+    base_path: str
+    folder_path: str
     step: int = 0
     losses: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     job: str | None = None
+
+    @property
+    def unet(self):
+        """The denoiser SaRA wraps (UNet for SD/SDXL, transformer for SD3)."""
+        return self.parts.denoiser
+
+    @property
+    def resolution(self) -> int:
+        return self.parts.resolution
 
     def live(self) -> dict:
         opt_bytes = sum(t.numel() * t.element_size() for s in self.optimizer.state.values()
@@ -250,8 +255,7 @@ def _new_session(req: StartIn, base_path: str, folder_path: str, sid: str) -> Se
     handle = wrap(parts.denoiser, SaraConfig(threshold=None, fraction=req.fraction, lambda_rank=req.lambda_rank,
                                              progressive_at=0.5, rank_min_dim=8, lr=req.lr))  # fmt: skip
     opt = torch.optim.AdamW(handle.parameters(), lr=handle.learning_rate(), weight_decay=1e-2)
-    return Session(sid, req, parts, parts.denoiser, handle, opt, data, parts.resolution,
-                   base_path=str(base_path), folder_path=str(folder_path))  # fmt: skip
+    return Session(sid, req, parts, handle, opt, data, base_path=str(base_path), folder_path=str(folder_path))
 
 
 def _sessions_root(studio) -> Path:
@@ -276,10 +280,8 @@ def _sara_state(unet) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
 
 
 def _save_session(studio, s: Session) -> None:
-    from safetensors.torch import save_file
-
     from fourfold.nn.modeling import atomic_write_dir
-    from fourfold.train.checkpoint import optimizer_state_to_files
+    from fourfold.train.checkpoint import optimizer_state_to_files, save_tensors
 
     s.handle.sync()  # settle pending writes so PPA-frozen entries hold their fine-tuned values
     tensors, support = _sara_state(s.unet)
@@ -288,7 +290,7 @@ def _save_session(studio, s: Session) -> None:
             "handle": s.handle.state_dict(), "support": support, "saved": time.time()}  # fmt: skip
 
     def write(tmp: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "sara_state.safetensors"))  # fmt: skip
+        save_tensors(tmp / "sara_state.safetensors", tensors)
         optimizer_state_to_files(s.optimizer, tmp)
         (tmp / "session.json").write_text(json.dumps(meta))
 
