@@ -59,7 +59,7 @@ def centre_prior(height: int, width: int, sigma: float = CENTRE_PRIOR_SIGMA) -> 
 class IntraGrounder:
     """Ground interaction texts on object images with a trained :class:`IntraModel`.
 
-    >>> g = IntraGrounder.from_pretrained("runs/intra", image_encoder="dinov2-base", text_encoder="albef-text")
+    >>> g = IntraGrounder.from_pretrained("runs/intra", image_encoder="models/dinov2-base", text_encoder="models/albef-text")
     >>> heat = g("mug.jpg", "drink with")          # (H, W) float32 in [0, 1]
     >>> heats = g.ground_many("mug.jpg", ["hold", "sip"])  # (2, H, W)
     """
