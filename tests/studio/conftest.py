@@ -50,8 +50,11 @@ def page(browser, studio_server):
     pg.on("pageerror", lambda err: errors.append(str(err)))
     pg.base = studio_server.url
     yield pg
+    # Read the errors before closing: closing the context aborts in-flight requests, and an error the
+    # teardown itself causes is not the page's error.
+    seen = list(errors)
     ctx.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
+    assert not seen, f"JavaScript errors in the page: {seen}"
 
 
 @pytest.fixture(scope="session")
