@@ -18,3 +18,12 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Put the thread count back to one after each test: code under test (demos, trainers) may raise it,
+    and the next test should not inherit that."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)

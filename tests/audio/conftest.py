@@ -18,14 +18,3 @@ def make_clicks(times, sr=22050, seconds=2.0, seed=0):
 @pytest.fixture
 def clicks():
     return make_clicks
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tests are small: one intra-op thread avoids OpenMP spin-waiting on shared CI cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -24,12 +24,3 @@ def tiny_unet():
         attention_head_dim=4,
         norm_num_groups=4,
     ).eval()
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tests are small: one intra-op thread avoids OpenMP spin-waiting on shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
