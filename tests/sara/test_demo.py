@@ -29,6 +29,20 @@ def test_demo_plumbing_micro(tmp_path):
     for fig in res.figures:
         assert (tmp_path / fig.path).is_file()
     assert json.loads((tmp_path / "metrics.json").read_text())["support"] == sara_k
+    assert all("fd_fit_heldout" in r for r in rows.values())
+
+
+def test_full_form_keeps_the_spec_recipe_on_the_shipped_base():
+    from diffusers import UNet2DConditionModel
+
+    full, quick = DemoConfig.full(), DemoConfig.quick()
+    # spec §4 tiny fine-tuning recipe: 1,000 steps at batch 16 (PPA at half is SaraConfig's default 0.5)
+    assert (full.finetune_steps, full.finetune_batch, full.finetune_images) == (1000, 16, 200)
+    assert (full.fraction, full.lambda_rank, full.ddim_steps) == (0.05, 5e-3, 50)
+    assert full.base_dir is not None and full.base_dir == quick.base_dir
+    assert UNet2DConditionModel.load_config(full.base_dir)["sample_size"] == full.resolution
+    with pytest.raises(ValueError, match="finetune_images"):
+        DemoConfig(finetune_images=0)
 
 
 @pytest.mark.slow

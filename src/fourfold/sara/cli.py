@@ -255,7 +255,9 @@ def evaluate(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/sara_demo"),
-    quick: Annotated[bool, typer.Option(help="short runs at 8×8 (a few CPU minutes)")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="150-step runs, 10 samples per digit (a few CPU minutes)")
+    ] = False,
 ) -> None:
     """Tiny digits demo: SaRA vs LoRA vs full fine-tuning plus ablations."""
     result = run_demo(out, quick=quick)

@@ -1,9 +1,11 @@
 """SaRA demo (spec §4, §6, §8): style fine-tuning of a tiny conditional UNet on sklearn digits.
 
-Pretrain on plain digits S, then fine-tune to the "outline" style T on 200 images of classes 0–4 with
-full fine-tuning, LoRA (PEFT, same trainable budget), SaRA and its ablations (no PPA, no L_rank,
-largest-|w|, random entries). DigitNet (trained on S ∪ T) judges: FD_fit (FID analogue), content
-(CLIP analogue), style rate on seen/unseen classes, prior drift on plain prompts, VLHI over the rows.
+Pretrain on plain digits S and two known styles (or load the shipped 8 px base), then fine-tune to a new
+style T ("faint" at 8 px, "outline" at 16 px) on 200 images of classes 0–4 with full fine-tuning, LoRA
+(PEFT, same trainable budget), SaRA and its ablations (no PPA, no L_rank, largest-|w|, random entries).
+DigitNet (trained on S ∪ T) judges: FD_fit (FID analogue; to the fine-tune set and to held-out styled
+digits), content (CLIP analogue), style rate on seen/unseen classes, prior drift on plain prompts, VLHI
+over the rows.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DemoConfig:
     pretrain_lr: float = 1e-3
     finetune_steps: int = 1000
     finetune_batch: int = 16
+    finetune_images: int = 200  # size of the fine-tune set (styled digits 0–4, spec §5: paper-sized)
     fraction: float = 0.05  # SaRA budget (spec §4 tiny)
     lambda_rank: float = 5e-3
     rank_min_dim: int = 16
@@ -61,12 +64,21 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.known_styles = tuple(self.known_styles)
+        if self.finetune_images < 1:
+            raise ValueError(f"finetune_images: need at least 1 image, got {self.finetune_images}")
         if self.style in self.known_styles:
             raise ValueError(f"style: the fine-tune style {self.style!r} must not be one of known_styles")
 
     @classmethod
     def full(cls) -> DemoConfig:
-        return cls()
+        # The spec's fine-tuning recipe (1,000 steps, batch 16, PPA at 500, λ_rank, Eq. 12 lr, LoRA budget)
+        # and DDIM-50 sampling on the quick form's data, with 30 samples per digit (spec: 50) to fit the
+        # budget. 8×8 is the digits' native size (16 px is a bilinear up-sampling that adds no information
+        # and costs ≈4× per step), so the 16 px / outline / 4,000-step in-run pretraining form (≈2 CPU-hours
+        # in one thread) is replaced by the shipped 8 px base: ≤ 30 min on 2 idle cores (docs/sara.md).
+        base = str(QUICK_BASE) if (QUICK_BASE / "config.json").is_file() else None
+        return cls(resolution=8, style="faint", pretrain_steps=1500, pretrain_batch=32, samples_per_class=30,
+                   base_dir=base)  # fmt: skip
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -114,11 +126,16 @@ def slug(name: str) -> str:
 class Judge:
     """DigitNet-based metrics against fixed references."""
 
-    def __init__(self, net: DigitNet, ft_images: torch.Tensor, s_test: torch.Tensor) -> None:
+    def __init__(
+        self, net: DigitNet, ft_images: torch.Tensor, s_test: torch.Tensor, t_heldout: torch.Tensor
+    ) -> None:
         self.net = net
         with torch.no_grad():
             self.ft_feats = net.features(ft_images).numpy()
             self.s_test_feats = net.features(s_test).numpy()
+            # styled test-split digits 0–4: a reference the fine-tuning never saw (spec §3.11: the paper's
+            # FID reference is the training set; we keep it and add a held-out one)
+            self.heldout_feats = net.features(t_heldout).numpy()
 
     @torch.no_grad()
     def evaluate(
@@ -135,6 +152,7 @@ class Judge:
         plain_p = torch.softmax(self.net.digit(plain_feats), -1)[rows, styled_digits]
         return {
             "fd_fit": frechet_distance_from_features(feats[seen].numpy(), self.ft_feats),
+            "fd_fit_heldout": frechet_distance_from_features(feats[seen].numpy(), self.heldout_feats),
             "content": 100.0 * float(p_digit.mean()),
             "content_seen": 100.0 * float(p_digit[seen].mean()),
             "content_unseen": 100.0 * float(p_digit[~seen].mean()),
@@ -158,7 +176,7 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     r = cfg.resolution
     s_train, s_test = source_set("train", r), source_set("test", r)
-    ft = finetune_set(cfg.style, "train", r)
+    ft = finetune_set(cfg.style, "train", r, n=cfg.finetune_images)
 
     # pretrain on plain digits (or start from a saved base)
     if cfg.base_dir is not None:
@@ -187,7 +205,7 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         acc_digit = float((net(t_test)[0].argmax(-1) == s_test.labels).float().mean())
         acc_style = float((net(torch.cat([s_test.images, t_test]))[1].argmax(-1)
                            == torch.cat([torch.zeros_like(s_test.labels), torch.ones_like(s_test.labels)])).float().mean())  # fmt: skip
-    judge = Judge(net, ft.images, s_test.images)
+    judge = Judge(net, ft.images, s_test.images, finetune_set(cfg.style, "test", r, n=None).images)
 
     digits = torch.arange(10).repeat_interleave(cfg.samples_per_class)
     styled_tokens, plain_tokens = prompt_tokens(STYLE, digits), prompt_tokens(PLAIN, digits)
@@ -332,15 +350,15 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         - c0,  # all threads of this process; wall time depends on machine load
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    cols = ["method", "trainable", "FD_fit ↓", "content ↑", "content unseen ↑", "style seen", "style unseen",
+    cols = ["method", "trainable", "FD_fit ↓", "FD held-out ↓", "content ↑", "content unseen ↑", "style seen", "style unseen",
             "prior drift ↓", "plain content ↑", "plain leak ↓", "VLHI ↑", "state MB", "ckpt KB", "step ms"]  # fmt: skip
     pm = pre_metrics
-    table_rows = [["pretrained", 0, pm["fd_fit"], pm["content"], pm["content_unseen"], pm["style_seen"],
+    table_rows = [["pretrained", 0, pm["fd_fit"], pm["fd_fit_heldout"], pm["content"], pm["content_unseen"], pm["style_seen"],
                    pm["style_unseen"], 0.0, pm["plain_content"], pm["plain_style_leak"], math.nan, math.nan,
                    math.nan, math.nan]]  # fmt: skip
     for n in names:
         m = rows[n]
-        table_rows.append([n, m["trainable"], m["fd_fit"], m["content"], m["content_unseen"], m["style_seen"],
+        table_rows.append([n, m["trainable"], m["fd_fit"], m["fd_fit_heldout"], m["content"], m["content_unseen"], m["style_seen"],
                            m["style_unseen"], m["prior_drift"], m["plain_content"], m["plain_style_leak"], m["vlhi"],
                            m["state_bytes"]["total"] / 2**20, m["checkpoint_bytes"] / 1024,
                            1000 * m["median_step_s"]])  # fmt: skip
@@ -352,7 +370,7 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
         f"Tiny UNet ({metrics['num_params']:,} params, {r}×{r}) "
         + (f"from the base in {cfg.base_dir}" if cfg.base_dir else f"pretrained {cfg.pretrain_steps} steps")
         + f" on plain digits and the known styles {', '.join(cfg.known_styles)}, "
-        f"fine-tuned {cfg.finetune_steps} steps on 200 '{cfg.style}' digits 0–4. SaRA trains {metrics['support']:,} entries "
+        f"fine-tuned {cfg.finetune_steps} steps on {cfg.finetune_images} '{cfg.style}' digits 0–4. SaRA trains {metrics['support']:,} entries "
         f"(|w| < θ={theta:.3g}). Zeroing those entries in the pretrained model changes the plain-prompt FD by "
         f"{probe_fd - pre_metrics['fd_plain']:+.3g} (§3.1 probe). {ppa_note}"
         + "Paper directions: "
@@ -369,7 +387,8 @@ def run(out_dir: Path, cfg: DemoConfig) -> DemoResult:
                 "Style fine-tuning, DigitNet metrics",
                 cols,
                 table_rows,
-                note="FD_fit: Fréchet distance (DigitNet features) of [style, 0–4] samples to the fine-tune set; "
+                note="FD_fit: Fréchet distance (DigitNet features) of [style, 0–4] samples to the fine-tune set "
+                "(FD held-out: to the styled test-split digits 0–4); "
                 "content: 100·mean p(requested digit) over [style, 0–9] (unseen: 5–9); prior drift: FD of "
                 "[plain, d] samples to plain test digits, after − before; plain content / leak: digit "
                 "probability and share judged styled on [plain, d]; VLHI over the method rows (Eq. 8).",
