@@ -26,9 +26,12 @@ from fourfold.nn import PretrainedModel
 __all__ = [
     "FM_LOSS_WEIGHT",
     "MEL_LOSS_WEIGHT",
+    "DACDiscriminator",
+    "DACDiscriminatorConfig",
     "HiFiGANDiscriminator",
     "HiFiGANDiscriminatorConfig",
     "HiFiGANTraining",
+    "MultiBandSTFTDiscriminator",
     "discriminator_loss",
     "feature_matching_loss",
     "generator_adversarial_loss",
@@ -144,6 +147,133 @@ class HiFiGANDiscriminator(PretrainedModel):
             scores.append(s)
             feats.append(f)
         return scores, feats
+
+
+# DAC's discriminator (Kumar et al. 2023, arXiv 2306.06546, §3.3): the MPD above plus a multi-band
+# multi-resolution complex-STFT discriminator; SongCreator's waveform VAE trains against it (App A.3).
+
+STFT_BANDS = (
+    (0.0, 0.1),
+    (0.1, 0.25),
+    (0.25, 0.5),
+    (0.5, 0.75),
+    (0.75, 1.0),
+)  # DAC's bands (fractions of bins)
+
+
+@dataclass
+class DACDiscriminatorConfig:
+    periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # MPD periods (DAC = HiFi-GAN's)
+    stft_windows: tuple[int, ...] = (2048, 1024, 512)  # STFT resolutions, hop = window / 4 (DAC)
+    stft_channels: int = 32  # channels of each band's 2-D conv stack (DAC)
+    bands: tuple[tuple[float, float], ...] = STFT_BANDS
+    mpd_width: float = 1.0  # MPD channel multiplier (1 = HiFi-GAN/DAC)
+
+    def __post_init__(self) -> None:
+        if any(p < 1 for p in self.periods):
+            raise ValueError(f"DACDiscriminatorConfig.periods must be positive, got {self.periods}")
+        if any(w < 16 or w % 4 for w in self.stft_windows):
+            raise ValueError(
+                f"DACDiscriminatorConfig.stft_windows must be multiples of 4 >= 16, got {self.stft_windows}"
+            )
+        if not self.periods and not self.stft_windows:
+            raise ValueError("DACDiscriminatorConfig needs at least one period or STFT window")
+        if self.stft_channels < 1 or not 0 < self.mpd_width <= 1:
+            raise ValueError("DACDiscriminatorConfig.stft_channels must be >= 1 and mpd_width in (0, 1]")
+        self.bands = tuple(tuple(float(x) for x in b) for b in self.bands)
+        if not self.bands or any(not 0 <= lo < hi <= 1 for lo, hi in self.bands):
+            raise ValueError(
+                f"DACDiscriminatorConfig.bands must be (lo, hi) fractions with lo < hi, got {self.bands}"
+            )
+
+    @classmethod
+    def paper(cls) -> DACDiscriminatorConfig:
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> DACDiscriminatorConfig:
+        return cls(periods=(2, 3, 5), stft_windows=(512, 256, 128), stft_channels=8, mpd_width=1 / 16)
+
+
+class _BandSTFTDiscriminator(nn.Module):
+    """One STFT resolution: the complex STFT ``(batch, 2, frames, bins)`` is cut into frequency bands,
+    each band runs its own weight-normalised 2-D conv stack (strided along frequency), and the band
+    outputs are joined along frequency before a last conv."""
+
+    def __init__(self, window: int, channels: int, bands: tuple[tuple[float, float], ...]) -> None:
+        super().__init__()
+        self.window = window
+        n_bins = window // 2 + 1
+        self.bands = [(int(lo * n_bins), max(int(lo * n_bins) + 1, int(hi * n_bins))) for lo, hi in bands]
+        self.register_buffer("hann", torch.hann_window(window), persistent=False)
+
+        def stack() -> nn.ModuleList:
+            ch = channels
+            return nn.ModuleList(
+                [
+                    weight_norm(nn.Conv2d(2, ch, (3, 9), (1, 1), padding=(1, 4))),
+                    *(weight_norm(nn.Conv2d(ch, ch, (3, 9), (1, 2), padding=(1, 4))) for _ in range(3)),
+                    weight_norm(nn.Conv2d(ch, ch, (3, 3), (1, 1), padding=(1, 1))),
+                ]
+            )
+
+        self.band_convs = nn.ModuleList(stack() for _ in self.bands)
+        self.conv_post = weight_norm(nn.Conv2d(channels, 1, (3, 3), (1, 1), padding=(1, 1)))
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        spec = torch.stft(
+            wav, self.window, self.window // 4, window=self.hann, center=True, return_complex=True
+        )
+        x = rearrange(torch.view_as_real(spec), "b f t c -> b c t f")
+        outs, feats = [], []
+        for (lo, hi), convs in zip(self.bands, self.band_convs, strict=True):
+            h = x[..., lo:hi]
+            for conv in convs:
+                h = F.leaky_relu(conv(h), LRELU_SLOPE)
+                feats.append(h)
+            outs.append(h)
+        h = self.conv_post(torch.cat(outs, dim=-1))
+        feats.append(h)
+        return h.flatten(1), feats
+
+
+class MultiBandSTFTDiscriminator(nn.Module):
+    """DAC's multi-band multi-resolution STFT discriminator: one :class:`_BandSTFTDiscriminator` per
+    window. ``forward(wav (batch, T))`` -> (scores: list of ``(batch, n)``, features: list of lists)."""
+
+    def __init__(
+        self, windows: tuple[int, ...], channels: int, bands: tuple[tuple[float, float], ...]
+    ) -> None:
+        super().__init__()
+        self.resolutions = nn.ModuleList(_BandSTFTDiscriminator(w, channels, bands) for w in windows)
+
+    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        outs = [d(wav) for d in self.resolutions]
+        return [s for s, _ in outs], [f for _, f in outs]
+
+
+class DACDiscriminator(PretrainedModel):
+    """MPD + multi-band multi-resolution STFT discriminator (DAC). ``forward(wav (batch, T))`` ->
+    (scores, features) in the layout of :class:`HiFiGANDiscriminator`, so the LSGAN and feature-matching
+    losses below apply unchanged."""
+
+    config_class = DACDiscriminatorConfig
+
+    def __init__(self, config: DACDiscriminatorConfig) -> None:
+        super().__init__(config)
+        self.periods = nn.ModuleList(_PeriodDiscriminator(p, config.mpd_width) for p in config.periods)
+        self.stft = MultiBandSTFTDiscriminator(config.stft_windows, config.stft_channels, config.bands)
+
+    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        if wav.ndim != 2:
+            raise ValueError(f"DACDiscriminator expects (batch, samples), got {tuple(wav.shape)}")
+        scores, feats = [], []
+        for d in self.periods:
+            s, f = d(wav)
+            scores.append(s)
+            feats.append(f)
+        s, f = self.stft(wav)
+        return scores + s, feats + f
 
 
 # losses (HiFi-GAN §2.4)

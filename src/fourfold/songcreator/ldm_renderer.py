@@ -3,19 +3,25 @@
 ``LatentDiffusionRenderer.render(tokens (b, t), kind) -> wav (b, samples)``:
 
 1. tokens + a stream embedding (``song|vocals|accompaniment``) -> ``(b, cond_dim, t)``, interpolated
-   (nearest) to the latent frame rate and repeated over the latent's frequency rows;
-2. a diffusers ``UNet2DModel`` denoises ``concat(z_t, cond)`` (token embeddings concatenated, as the
-   spec reads the paper), v-prediction, cosine schedule, DPM-Solver++ (100 steps in ``paper()``), no CFG;
-3. the latent is decoded by :class:`fourfold.audio.vae.MelVAE` to a log-mel, then Griffin-Lim
-   (:func:`fourfold.audio.mel.griffin_lim`) gives the waveform.
+   (nearest) to the latent frame rate (and, for a mel latent, repeated over its frequency rows);
+2. a diffusers U-Net denoises ``concat(z_t, cond)`` (token embeddings concatenated, as the spec reads the
+   paper), v-prediction, cosine schedule, DPM-Solver++ (100 steps in ``paper()``), no CFG;
+3. the latent is decoded to audio by one of two VAEs:
+   - **waveform** (the paper's): :class:`fourfold.audio.waveform_vae.WaveformVAE`, a DAC-style VAE whose
+     latent is ``(latent_dim, frames)`` at ``sample_rate / hop`` frames/s; the U-Net is a 1-D
+     ``UNet1DModel`` (Stable Audio 1.0's U-Net is 1-D too) and the decoder gives the waveform directly;
+   - **mel** (``waveform_vae=None``): :class:`fourfold.audio.vae.MelVAE` on a log-mel image, a 2-D
+     ``UNet2DModel``, and Griffin-Lim (:func:`fourfold.audio.mel.griffin_lim`) from the decoded mel.
 
-Difference from the paper (stated, not hidden): the paper's VAE is a DAC-style *waveform* VAE at
-44.1 kHz with GAN losses; ``fourfold.audio`` has a mel VAE and mel vocoders, so the latent here is a
-mel-VAE latent. Both stages (VAE, then U-Net on frozen VAE latents) train with :func:`train_ldm_renderer`.
+Training (:func:`train_ldm_renderer`) is two stages as the paper's: the VAE, then the U-Net on frozen VAE
+latents scaled to unit standard deviation. The waveform VAE's GAN training lives in
+:func:`fourfold.audio.waveform_vae.train_waveform_vae`; load its weights into ``renderer.vae`` and call
+:func:`train_ldm_renderer` with ``vae_steps=0``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +31,7 @@ from torch import nn
 
 from fourfold.audio.mel import MelConfig, griffin_lim, mel_spectrogram
 from fourfold.audio.vae import MelVAE, MelVAEConfig
+from fourfold.audio.waveform_vae import WaveformVAE, WaveformVAEConfig
 from fourfold.nn.modeling import PretrainedModel
 from fourfold.songcreator.renderer import KINDS, _check_tokens, _kind_index
 
@@ -50,6 +57,9 @@ class LatentDiffusionRendererConfig:
     num_train_timesteps: int = 1000
     inference_steps: int = 100  # DPM-Solver++ steps (spec §2.5)
     griffin_lim_iters: int = 32
+    # the paper's DAC-style waveform VAE; None = the mel VAE + Griffin-Lim path (the mel fields above then
+    # define the VAE's input; with a waveform VAE they define only the mel of generate_mel and the metrics)
+    waveform_vae: WaveformVAEConfig | None = None
 
     def __post_init__(self) -> None:
         hop = self.sample_rate / (self.token_rate * self.mel_per_token)
@@ -67,10 +77,26 @@ class LatentDiffusionRendererConfig:
             raise ValueError(f"LatentDiffusionRendererConfig.n_mels must be a multiple of {self.vae_factor}")
         if self.inference_steps < 1 or self.cond_dim < 1:
             raise ValueError("LatentDiffusionRendererConfig.inference_steps and cond_dim must be >= 1")
+        if self.waveform_vae is not None and self.waveform_vae.sample_rate != self.sample_rate:
+            raise ValueError(
+                f"LatentDiffusionRendererConfig.waveform_vae.sample_rate ({self.waveform_vae.sample_rate}) "
+                f"must equal sample_rate ({self.sample_rate})"
+            )
 
     @property
     def hop_length(self) -> int:
         return round(self.sample_rate / (self.token_rate * self.mel_per_token))
+
+    @property
+    def samples_per_token(self) -> int:
+        return self.mel_per_token * self.hop_length
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for ``frames`` tokens (mel: ``frames·mel_per_token / factor``; waveform:
+        ``frames · samples_per_token / hop``, rounded up so the decoded audio covers every token)."""
+        if self.waveform_vae is None:
+            return frames * self.mel_per_token // self.vae_factor
+        return math.ceil(frames * self.samples_per_token / self.waveform_vae.hop_length)
 
     @property
     def vae_factor(self) -> int:
@@ -99,12 +125,22 @@ class LatentDiffusionRendererConfig:
         )
 
     @classmethod
-    def paper(cls) -> LatentDiffusionRendererConfig:
-        return cls()
+    def paper(cls, vae: str = "waveform") -> LatentDiffusionRendererConfig:
+        """App A.3: 44.1 kHz audio from the DAC-style waveform VAE (``vae="waveform"``, 1024×, 32-d latent),
+        50 Hz tokens, 100 DPM-Solver++ steps; ``vae="mel"`` gives the earlier 24 kHz mel-VAE variant."""
+        if vae == "mel":
+            return cls()
+        if vae != "waveform":
+            raise ValueError(f"vae must be 'waveform' or 'mel', got {vae!r}")
+        # mel fields: only the mel of generate_mel (44100 / (50·3) = hop 294)
+        return cls(sample_rate=44100, mel_per_token=3, n_fft=2048, waveform_vae=WaveformVAEConfig.paper())
 
     @classmethod
-    def tiny(cls, codebook_size: int = 325) -> LatentDiffusionRendererConfig:
-        """16 kHz, 25 Hz tokens, 64 mels; 4-channel latent, 10 DPM-Solver++ steps (spec §4 tiny)."""
+    def tiny(cls, codebook_size: int = 325, vae: str = "mel") -> LatentDiffusionRendererConfig:
+        """16 kHz, 25 Hz tokens, 64 mels, 10 DPM-Solver++ steps (spec §4 tiny). ``vae="mel"``: a 4-channel
+        mel-VAE latent; ``vae="waveform"``: the tiny waveform VAE (64×, 8-d latent, 250 frames/s)."""
+        if vae not in ("mel", "waveform"):
+            raise ValueError(f"vae must be 'waveform' or 'mel', got {vae!r}")
         return cls(
             codebook_size=codebook_size,
             token_rate=25.0,
@@ -119,34 +155,62 @@ class LatentDiffusionRendererConfig:
             cond_dim=16,
             inference_steps=10,
             griffin_lim_iters=16,
+            waveform_vae=WaveformVAEConfig.tiny() if vae == "waveform" else None,
         )
 
 
 class LatentDiffusionRenderer(PretrainedModel):
-    """Token-conditioned latent diffusion over a mel-VAE latent (see the module docstring)."""
+    """Token-conditioned latent diffusion over a waveform-VAE or mel-VAE latent (see the module docstring).
+
+    Latents are ``(b, latent_dim, frames)`` (waveform VAE) or ``(b, C, n_mels/f, frames)`` (mel VAE)."""
 
     config_class = LatentDiffusionRendererConfig
 
     def __init__(self, config: LatentDiffusionRendererConfig):
         super().__init__(config)
-        from diffusers import UNet2DModel
+        from diffusers import UNet1DModel, UNet2DModel
 
         c = config
-        self.vae = MelVAE(c.vae_config())
         # latent scale, fitted on training latents so z has ~unit variance (a buffer: saved, not trained)
         self.register_buffer("latent_scale", torch.ones(()))
         self.embed = nn.Embedding(c.codebook_size, c.cond_dim)
         self.kind = nn.Embedding(len(KINDS), c.cond_dim)
         n = len(c.unet_channels)
-        self.unet = UNet2DModel(
-            in_channels=c.latent_channels + c.cond_dim,
-            out_channels=c.latent_channels,
-            block_out_channels=tuple(c.unet_channels),
-            down_block_types=("DownBlock2D",) * n,
-            up_block_types=("UpBlock2D",) * n,
-            layers_per_block=c.unet_layers,
-            norm_num_groups=c.norm_groups,
-        )
+        if c.waveform_vae is not None:
+            self.vae = WaveformVAE(c.waveform_vae)
+            self.unet = UNet1DModel(
+                in_channels=c.waveform_vae.latent_dim + c.cond_dim,
+                out_channels=c.waveform_vae.latent_dim,
+                extra_in_channels=0,
+                block_out_channels=tuple(c.unet_channels),
+                down_block_types=("DownResnetBlock1D",) * n,
+                up_block_types=("UpResnetBlock1D",) * (n - 1),
+                mid_block_type="MidResTemporalBlock1D",
+                out_block_type="OutConv1DBlock",
+                time_embedding_type="positional",
+                use_timestep_embedding=True,
+                flip_sin_to_cos=False,
+                freq_shift=1.0,
+                act_fn="mish",
+                layers_per_block=c.unet_layers,
+                norm_num_groups=c.norm_groups,
+            )
+        else:
+            self.vae = MelVAE(c.vae_config())
+            self.unet = UNet2DModel(
+                in_channels=c.latent_channels + c.cond_dim,
+                out_channels=c.latent_channels,
+                block_out_channels=tuple(c.unet_channels),
+                down_block_types=("DownBlock2D",) * n,
+                up_block_types=("UpBlock2D",) * n,
+                layers_per_block=c.unet_layers,
+                norm_num_groups=c.norm_groups,
+            )
+
+    @property
+    def waveform(self) -> bool:
+        """True when the latent is the waveform VAE's (decoded straight to audio, no Griffin-Lim)."""
+        return self.config.waveform_vae is not None
 
     # pieces
 
@@ -160,20 +224,24 @@ class LatentDiffusionRenderer(PretrainedModel):
             prediction_type="v_prediction",
         )
 
-    def latent_shape(self, frames: int) -> tuple[int, int, int]:
-        """Latent ``(channels, rows, columns)`` for ``frames`` tokens."""
+    def latent_shape(self, frames: int) -> tuple[int, ...]:
+        """Latent shape without the batch for ``frames`` tokens: ``(latent_dim, latent frames)`` (waveform)
+        or ``(channels, rows, columns)`` (mel)."""
         c = self.config
-        return c.latent_channels, c.n_mels // c.vae_factor, frames * c.mel_per_token // c.vae_factor
+        if self.waveform:
+            return c.waveform_vae.latent_dim, c.latent_frames(frames)
+        return c.latent_channels, c.n_mels // c.vae_factor, c.latent_frames(frames)
 
-    def condition(self, tokens: torch.Tensor, kind: str, width: int, rows: int) -> torch.Tensor:
-        """``(b, t)`` codes -> ``(b, cond_dim, rows, width)`` (embeddings at the latent rate)."""
+    def condition(self, tokens: torch.Tensor, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """``(b, t)`` codes -> ``(b, cond_dim, *shape[1:])``: embeddings at the latent rate (repeated over
+        the rows of a mel latent). ``shape`` is :meth:`latent_shape`'s."""
         tokens = _check_tokens(tokens, self.config.codebook_size).to(self.embed.weight.device)
         h = self.embed(tokens) + self.kind.weight[_kind_index(kind)]  # (b, t, c)
-        h = F.interpolate(h.transpose(1, 2), size=width, mode="nearest")  # (b, c, width)
-        return repeat(h, "b c w -> b c r w", r=rows)
+        h = F.interpolate(h.transpose(1, 2), size=shape[-1], mode="nearest")  # (b, c, width)
+        return h if len(shape) == 2 else repeat(h, "b c w -> b c r w", r=shape[1])
 
     def denoise(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """v-prediction for noisy latents ``z`` ``(b, C, H, W)``; pads W to the U-Net's multiple."""
+        """v-prediction for noisy latents ``z``; pads the time axis to the U-Net's multiple."""
         mult = 2 ** (len(self.config.unet_channels) - 1)
         w = z.shape[-1]
         pad = (-w) % mult
@@ -181,8 +249,13 @@ class LatentDiffusionRenderer(PretrainedModel):
         t = torch.as_tensor(t, device=z.device).reshape(-1).expand(z.shape[0])
         return self.unet(x, t).sample[..., :w]
 
+    def crop_audio(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
+        """Waveforms ``(b, samples)`` cut or zero-padded to what ``frames`` tokens' latent decodes to."""
+        n = self.config.latent_frames(frames) * self.config.waveform_vae.hop_length
+        return F.pad(wav, (0, max(0, n - wav.shape[-1])))[..., :n]
+
     def mel_image(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
-        """Waveforms ``(b, samples)`` -> VAE input images ``(b, 1, n_mels, frames·mel_per_token)``."""
+        """Waveforms ``(b, samples)`` -> mel-VAE input images ``(b, 1, n_mels, frames·mel_per_token)``."""
         from fourfold.audio.mel import mel_to_image
 
         mel_cfg = self.config.mel_config()
@@ -191,53 +264,77 @@ class LatentDiffusionRenderer(PretrainedModel):
         mel = F.pad(mel, (0, max(0, n - mel.shape[-1])), value=mel_cfg.log_min)[..., :n]
         return mel_to_image(mel, mel_cfg, channels=1)
 
+    def encode_unscaled(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
+        """Waveforms -> VAE posterior means (before the latent scale)."""
+        if self.waveform:
+            return self.vae.encode(self.crop_audio(wav, frames))[0]
+        return self.vae.encode(self.mel_image(wav, frames))
+
     def encode_audio(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
-        """Waveforms -> scaled latents ``(b, C, H, W)`` (posterior mean)."""
-        return self.vae.encode(self.mel_image(wav, frames)) / self.latent_scale
+        """Waveforms -> scaled latents (posterior mean), the U-Net's data."""
+        return self.encode_unscaled(wav, frames) / self.latent_scale
 
     # inference
 
     @torch.no_grad()
-    def generate_mel(
+    def generate_latent(
         self, tokens: torch.Tensor, kind: str, *, seed: int = 0, steps: int | None = None
     ) -> torch.Tensor:
-        """``(b, t)`` codes -> log-mel ``(b, n_mels, t·mel_per_token)`` by DPM-Solver++ sampling."""
-        from fourfold.audio.mel import image_to_mel
+        """``(b, t)`` codes -> unscaled VAE latents by seeded DPM-Solver++ sampling."""
         from fourfold.diffusion import sample
 
         tokens = _check_tokens(tokens, self.config.codebook_size)
         b, t = tokens.shape
-        shape = (b, *self.latent_shape(t))
-        cond = self.condition(tokens, kind, shape[-1], shape[-2])
+        shape = self.latent_shape(t)
+        cond = self.condition(tokens, kind, shape)
         device = self.embed.weight.device
         z = sample(
             lambda x, ts, c: self.denoise(x, ts, c),
             self.scheduler(),
             [{"c": cond}],
-            shape=shape,
+            shape=(b, *shape),
             num_inference_steps=steps or self.config.inference_steps,
             generator=torch.Generator(device=device).manual_seed(seed),
             device=device,
         )
-        image = self.vae.decode(z * self.latent_scale)
-        return image_to_mel(image, self.config.mel_config())
+        return z * self.latent_scale
+
+    @torch.no_grad()
+    def generate_mel(
+        self, tokens: torch.Tensor, kind: str, *, seed: int = 0, steps: int | None = None
+    ) -> torch.Tensor:
+        """``(b, t)`` codes -> log-mel ``(b, n_mels, t·mel_per_token)`` (of the decoded audio for a waveform
+        latent)."""
+        from fourfold.audio.mel import image_to_mel
+
+        z = self.generate_latent(tokens, kind, seed=seed, steps=steps)
+        cfg = self.config.mel_config()
+        if self.waveform:
+            n = tokens.shape[-1] * self.config.samples_per_token
+            return mel_spectrogram(self.vae.decode(z)[..., :n].float(), cfg)
+        return image_to_mel(self.vae.decode(z), cfg)
 
     @torch.no_grad()
     def render(self, tokens: torch.Tensor, kind: str, *, seed: int = 0) -> torch.Tensor:
-        """``(b, t)`` codes -> waveform ``(b, t·mel_per_token·hop)``."""
+        """``(b, t)`` codes -> waveform ``(b, t·samples_per_token)``: the waveform VAE's decoder output, or
+        Griffin-Lim from the mel VAE's log-mel."""
+        if self.waveform:
+            z = self.generate_latent(tokens, kind, seed=seed)
+            return self.vae.decode(z)[..., : tokens.shape[-1] * self.config.samples_per_token].float().cpu()
         mel = self.generate_mel(tokens, kind, seed=seed).float().cpu()
         return griffin_lim(mel, self.config.mel_config(), n_iter=self.config.griffin_lim_iters)
 
 
 def _crops(examples, frames: int, generator: torch.Generator):
-    """Random aligned crops of ``frames`` tokens: (tokens (n, frames), wav (n, samples), kinds)."""
-    toks, wavs, kinds = [], [], []
+    """Random aligned crops of ``frames`` tokens: (tokens (n, frames), wav (n, samples), kinds, starts)."""
+    toks, wavs, kinds, starts = [], [], [], []
     for tok, wav, kind, spt in examples:
         start = int(torch.randint(0, max(1, len(tok) - frames + 1), (1,), generator=generator))
         toks.append(tok[start : start + frames])
         wavs.append(wav[start * spt : (start + frames) * spt])
         kinds.append(kind)
-    return toks, wavs, kinds
+        starts.append(start)
+    return toks, wavs, kinds, starts
 
 
 def train_ldm_renderer(
@@ -252,13 +349,14 @@ def train_ldm_renderer(
     seed: int = 0,
     log=None,
 ) -> dict[str, list[float]]:
-    """Train the VAE (L1 on mel images + KL), fit the latent scale, then the U-Net (v-prediction MSE)
+    """Train the VAE (mel VAE: L1 on mel images + KL; waveform VAE: multi-resolution mel L1 + KL, no GAN),
+    fit the latent scale, then the U-Net (v-prediction MSE)
     on frozen latents. ``examples``: ``(tokens (T,), wav (T·samples_per_token,), kind)``; crops of
     ``crop_frames`` tokens keep CPU steps short. Returns the two loss curves."""
     from fourfold.diffusion import training_step
 
     c = model.config
-    spt = c.mel_per_token * c.hop_length
+    spt = c.samples_per_token
     data = [
         (torch.as_tensor(t).long(), torch.as_tensor(w, dtype=torch.float32), k, spt) for t, w, k in examples
     ]
@@ -274,8 +372,11 @@ def train_ldm_renderer(
     vae_losses, unet_losses = [], []
     for step in range(vae_steps):
         idx = torch.randint(0, len(data), (batch_size,), generator=g).tolist()
-        _, wavs, _ = _crops([data[i] for i in idx], crop_frames, g)
-        loss, _ = model.vae(model.mel_image(torch.stack(wavs), crop_frames), generator=g)
+        _, wavs, _, _ = _crops([data[i] for i in idx], crop_frames, g)
+        if model.waveform:  # reconstruction terms only (mel L1 + KL); the GAN stage is train_waveform_vae's
+            loss, _ = model.vae(model.crop_audio(torch.stack(wavs), crop_frames), generator=g)
+        else:
+            loss, _ = model.vae(model.mel_image(torch.stack(wavs), crop_frames), generator=g)
         vae_opt.zero_grad()
         loss.backward()
         vae_opt.step()
@@ -284,23 +385,33 @@ def train_ldm_renderer(
             log(f"vae step {step} loss {loss.item():.4f}")
     model.vae.requires_grad_(False)
     with torch.no_grad():
-        _, wavs, _ = _crops(data[: min(len(data), 64)], crop_frames, g)
-        z = model.vae.encode(model.mel_image(torch.stack(wavs), crop_frames))
+        _, wavs, _, _ = _crops(data[: min(len(data), 64)], crop_frames, g)
+        z = model.encode_unscaled(torch.stack(wavs), crop_frames)
         model.latent_scale.fill_(float(z.std().clamp_min(1e-4)))
+        # the encoder is frozen and convolutional: with a whole number of latent frames per token, encode
+        # each clip once and crop its latent (instead of encoding every crop at every step)
+        per_token = c.samples_per_token / c.waveform_vae.hop_length if model.waveform else 0.0
+        cached = (
+            [model.encode_unscaled(w[None], len(t))[0] for t, w, _, _ in data]
+            if model.waveform and per_token.is_integer()
+            else None
+        )
     sched = model.scheduler()
     params = [*model.unet.parameters(), *model.embed.parameters(), *model.kind.parameters()]
     opt = torch.optim.Adam(params, learning_rate)
     for step in range(unet_steps):
         idx = torch.randint(0, len(data), (batch_size,), generator=g).tolist()
-        toks, wavs, kinds = _crops([data[i] for i in idx], crop_frames, g)
+        toks, wavs, kinds, starts = _crops([data[i] for i in idx], crop_frames, g)
         with torch.no_grad():
-            z0 = model.encode_audio(torch.stack(wavs), crop_frames)
+            if cached is not None:
+                k, n = int(per_token), crop_frames * int(per_token)
+                z0 = torch.stack([cached[i][:, s * k : s * k + n] for i, s in zip(idx, starts, strict=True)])
+                z0 = z0 / model.latent_scale
+            else:
+                z0 = model.encode_audio(torch.stack(wavs), crop_frames)
         # one kind per example: embed each row separately, then stack
         cond = torch.cat(
-            [
-                model.condition(tk[None], kd, z0.shape[-1], z0.shape[-2])
-                for tk, kd in zip(toks, kinds, strict=True)
-            ]
+            [model.condition(tk[None], kd, tuple(z0.shape[1:])) for tk, kd in zip(toks, kinds, strict=True)]
         )
         out = training_step(
             lambda x, t, cond: model.denoise(x, t, cond), sched, z0, {"cond": cond}, generator=g
