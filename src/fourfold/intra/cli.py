@@ -265,6 +265,37 @@ def demo(
     )
 
 
+@app.command("pretrain-encoder")
+def pretrain_encoder_cmd(
+    out: Annotated[Path, typer.Option(help="output Dinov2Model directory (written atomically)")],
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="images per step")] = 64,
+    seed: int = 0,
+    world_seed: Annotated[int, typer.Option(help="seed of the unlabelled renders")] = 1000,
+    exo_per_pair: Annotated[int, typer.Option(help="exocentric renders per (affordance, object)")] = 6,
+    ego_per_object: Annotated[int, typer.Option(help="egocentric renders per object")] = 100,
+    probe: Annotated[
+        bool, typer.Option(help="print linear probes (part type, object) after training")
+    ] = True,
+) -> None:
+    """Pretrain the tiny image encoder self-supervised (DINO + iBOT) on unlabelled procedural renders."""
+    import torch
+
+    from fourfold.intra.encoders import load_image_encoder
+    from fourfold.intra.pretrain_encoder import PretrainConfig, pretrain_image_encoder, probe_encoder
+
+    torch.set_num_threads(1)
+    cfg = PretrainConfig(
+        steps=steps, batch_size=batch_size, seed=seed, world_seed=world_seed,
+        exo_per_pair=exo_per_pair, ego_per_object=ego_per_object,
+        warmup_steps=min(100, steps // 10),
+    )  # fmt: skip
+    pretrain_image_encoder(out, cfg, run_dir=out.parent / f".{out.name}-run")
+    typer.echo(f"wrote the pretrained encoder to {out}")
+    if probe:
+        typer.echo(json.dumps(probe_encoder(load_image_encoder(out)), indent=1))
+
+
 @data_app.command("procedural")
 def data_procedural(
     out: Annotated[Path, typer.Option(help="output directory (AGD20K layout)")],

@@ -8,6 +8,7 @@ loaded back through the same path a real DINOv2 / ALBEF directory takes.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from fourfold.intra.pipeline import (
 )
 from fourfold.intra.relations import RelationshipMap, SynonymTable
 from fourfold.intra.train import IntraTrainConfig, train_intra
-from fourfold.nn import atomic_write_text
+from fourfold.nn import CheckpointError, atomic_write_text
 from fourfold.report import DemoResult, Media, Table
 
 __all__ = ["DemoSettings", "compare_relation_seeds", "prepare_demo_world", "run_demo", "train_variant"]
@@ -45,11 +46,18 @@ __all__ = ["DemoSettings", "compare_relation_seeds", "prepare_demo_world", "run_
 METRICS = ("KLD", "SIM", "NSS")
 
 
-class DemoSettings:
-    """Sizes of the quick and full demo (ours)."""
+PRETRAINED_IMAGE_ENCODER = Path(__file__).parent / "assets" / "procedural-dinov2-tiny"
 
-    def __init__(self, quick: bool):
+
+class DemoSettings:
+    """Sizes of the quick and full demo (ours). ``image_encoder``: "pretrained" (the shipped self-supervised
+    ``procedural-dinov2-tiny``, the stand-in for the paper's pretrained DINOv2) or "random" (never trained)."""
+
+    def __init__(self, quick: bool, image_encoder: str = "random"):
+        if image_encoder not in ("pretrained", "random"):
+            raise ValueError(f"image_encoder must be 'pretrained' or 'random', got {image_encoder!r}")
         self.quick = quick
+        self.image_encoder = image_encoder
         self.world = WorldConfig(exo_per_pair=30, ego_per_object=8 if quick else 16)
         self.steps = 600 if quick else 2000
         self.batch_size = 32
@@ -63,9 +71,15 @@ def prepare_demo_world(out_dir: Path, settings: DemoSettings, seed: int = 0) -> 
     world = make_affordance_world(out_dir / "world", seed=seed, config=settings.world)
     labels = world_labels()
     clusters = [[label_text(x), *SYNONYMS[x], HELDOUT_TEXTS[x]] for x in labels]
-    image_dir = build_tiny_image_encoder(
-        out_dir / "encoders" / "dinov2-tiny", image_size=settings.model.image_size
-    )
+    if settings.image_encoder == "pretrained":
+        if not (PRETRAINED_IMAGE_ENCODER / "config.json").is_file():
+            raise CheckpointError(f"shipped image encoder missing: {PRETRAINED_IMAGE_ENCODER}")
+        image_dir = out_dir / "encoders" / "dinov2-tiny-pretrained"
+        shutil.copytree(PRETRAINED_IMAGE_ENCODER, image_dir, dirs_exist_ok=True)
+    else:
+        image_dir = build_tiny_image_encoder(
+            out_dir / "encoders" / "dinov2-tiny", image_size=settings.model.image_size
+        )
     text_dir = build_tiny_text_encoder(
         out_dir / "encoders" / "bert-tiny", [t for c in clusters for t in c], clusters=clusters
     )
@@ -252,13 +266,16 @@ def run_demo(out_dir: Path, quick: bool = True) -> DemoResult:
 
 
 def compare_relation_seeds(
-    out_dir: Path, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), quick: bool = True
+    out_dir: Path,
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    quick: bool = True,
+    image_encoder: str = "pretrained",
 ) -> dict:
     """INTRA vs R = I over several training seeds on one world (the Tab. 4 direction); returns per-seed and
     median mKLD/mSIM/mNSS on Seen and Unseen. About 2 × len(seeds) demo trainings."""
     torch.set_num_threads(1)
     out_dir = Path(out_dir)
-    settings = DemoSettings(quick)
+    settings = DemoSettings(quick, image_encoder)
     world, image_dir, text_dir = prepare_demo_world(out_dir, settings)
     tests = {s: read_testset(world, s, labels=world_labels()) for s in ("Seen", "Unseen")}
     runs: dict[str, list] = {"INTRA": [], "R = I": []}
@@ -278,6 +295,9 @@ def compare_relation_seeds(
         name: {s: {k: float(np.median([r[s][k] for r in rs])) for k in METRICS} for s in tests}
         for name, rs in runs.items()
     }
-    result = {"seeds": list(seeds), "steps": settings.steps, "per_seed": runs, "median": median}
+    result = {
+        "seeds": list(seeds), "steps": settings.steps, "image_encoder": image_encoder,
+        "per_seed": runs, "median": median,
+    }  # fmt: skip
     atomic_write_text(out_dir / "relation_seeds.json", json.dumps(result, indent=2) + "\n")
     return result
