@@ -111,3 +111,18 @@ def test_shipped_pretrained_encoder_decodes_part_and_object_better_than_a_random
     for key in ("part", "object", "object | part"):
         assert ours[key] > base[key], (key, ours, base)
     assert ours["object | part"] > ours["object | part chance"] + 0.2
+
+
+def test_fixed_map_diagnostic_is_equal_for_part_and_object_maps_when_they_pool_the_same_feature(encoder_dirs):
+    """object_context = 1 makes the part-pooled feature the object's: both fixed maps must then reach the same loss."""
+    from fourfold.data.affordance_shapes import world_labels
+    from fourfold.intra.diagnostics import oracle_map_losses
+    from fourfold.intra.encoders import load_image_encoder
+
+    eye = torch.eye(len(world_labels()), dtype=torch.bool)
+    enc = load_image_encoder(encoder_dirs[0])
+    same = oracle_map_losses(enc, eye, steps=5, per_pair=2, object_context=1.0)
+    assert same["part"] == pytest.approx(same["object"])
+    differ = oracle_map_losses(enc, eye, steps=5, per_pair=2)
+    assert differ["part"]["loss"] != pytest.approx(differ["object"]["loss"])
+    assert all(v > 0 for r in differ.values() for v in r.values())
