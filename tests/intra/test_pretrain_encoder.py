@@ -126,3 +126,5 @@ def test_fixed_map_diagnostic_is_equal_for_part_and_object_maps_when_they_pool_t
     differ = oracle_map_losses(enc, eye, steps=5, per_pair=2)
     assert differ["part"]["loss"] != pytest.approx(differ["object"]["loss"])
     assert all(v > 0 for r in differ.values() for v in r.values())
+    with pytest.raises(ValueError, match="dominant_factor"):
+        oracle_map_losses(enc, eye, dominant_factor=0)

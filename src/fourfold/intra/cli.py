@@ -277,6 +277,9 @@ def pretrain_encoder_cmd(
     probe: Annotated[
         bool, typer.Option(help="print linear probes (part type, object) after training")
     ] = True,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="keep the Trainer's checkpoints and log here (default: a temp dir)")
+    ] = None,
 ) -> None:
     """Pretrain the tiny image encoder self-supervised (DINO + iBOT) on unlabelled procedural renders."""
     import torch
@@ -290,7 +293,7 @@ def pretrain_encoder_cmd(
         exo_per_pair=exo_per_pair, ego_per_object=ego_per_object,
         warmup_steps=min(100, steps // 10),
     )  # fmt: skip
-    pretrain_image_encoder(out, cfg, run_dir=out.parent / f".{out.name}-run")
+    pretrain_image_encoder(out, cfg, run_dir=run_dir)
     typer.echo(f"wrote the pretrained encoder to {out}")
     if probe:
         typer.echo(json.dumps(probe_encoder(load_image_encoder(out)), indent=1))

@@ -30,7 +30,7 @@ __all__ = ["oracle_map_losses"]
 
 
 @torch.no_grad()
-def _pooled_views(encoder: nn.Module, per_pair: int, seed: int, size: int = 112):
+def _pooled_views(encoder: nn.Module, per_pair: int, seed: int, dominant_factor: int = 1, size: int = 112):
     from fourfold.data.affordance_shapes import (
         AFFORDANCE_PART,
         TRAIN_OBJECTS,
@@ -45,8 +45,8 @@ def _pooled_views(encoder: nn.Module, per_pair: int, seed: int, size: int = 112)
     pooled = {"part": [], "object": []}
     y, o = [], []
     for oi, obj in enumerate(TRAIN_OBJECTS):
-        for aff in affordances_of(obj):
-            for _ in range(per_pair):
+        for k, aff in enumerate(affordances_of(obj)):
+            for _ in range(per_pair * (dominant_factor if k == 0 else 1)):
                 img, masks = egocentric_image(rng, world, obj)
                 x = torch.from_numpy(rearrange(img, "h w c -> 1 c h w").copy()) / 255.0
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -78,15 +78,19 @@ def oracle_map_losses(
     per_pair: int = 12,
     seed: int = 0,
     object_context: float = 0.0,
+    dominant_factor: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Held-out Eq. 4 loss (and its L_inter, L_obj parts) reached by a trained projection on fixed ``part`` and
     ``object`` maps. ``relation``: (L, L) bool over ``world_labels()`` (the world's R, or the identity).
 
     ``object_context`` β mixes the object's pooled feature into the part's, f = (1 − β)·f_part + β·f_object:
     a stand-in for patch features that carry their whole object's identity (as DINOv2's do through attention),
-    to find how much object context would make Eq. 4 prefer part maps."""
-    train, y_tr, o_tr = _pooled_views(encoder, per_pair, seed)
-    test, y_te, o_te = _pooled_views(encoder, max(2, per_pair // 2), seed + 1)
+    to find how much object context would make Eq. 4 prefer part maps. ``dominant_factor`` k gives each object's
+    first affordance (alphabetical) k times the views of the others: one dominant interaction per object."""
+    if dominant_factor < 1:
+        raise ValueError(f"dominant_factor must be >= 1, got {dominant_factor}")
+    train, y_tr, o_tr = _pooled_views(encoder, per_pair, seed, dominant_factor)
+    test, y_te, o_te = _pooled_views(encoder, max(2, per_pair // 2), seed + 1, dominant_factor)
     for pooled in (train, test):
         pooled["part"] = (1 - object_context) * pooled["part"] + object_context * pooled["object"]
     out = {}

@@ -255,9 +255,10 @@ class DinoPretrainer(nn.Module):
 
 def pretrain_image_encoder(
     out_dir: str | Path, cfg: PretrainConfig | None = None, *, run_dir: str | Path | None = None
-):
+) -> Path:
     """Train the tiny encoder self-supervised and save the teacher backbone to ``out_dir`` (a ``Dinov2Model``
-    directory with ``TRAINING.json``). Returns ``out_dir``. ``run_dir`` holds the Trainer's checkpoints/log."""
+    directory with ``TRAINING.json``). Returns ``out_dir``. ``run_dir`` keeps the Trainer's checkpoints and JSONL
+    log (a temporary directory, removed afterwards, when not given)."""
     import tempfile
 
     from torch.utils.data import TensorDataset
@@ -265,13 +266,16 @@ def pretrain_image_encoder(
     from fourfold.nn import atomic_write_dir
     from fourfold.train import Trainer, TrainerConfig
 
+    if run_dir is None:  # the Trainer's checkpoints and log are only needed while training
+        with tempfile.TemporaryDirectory(prefix="intra-pretrain-") as tmp:
+            return pretrain_image_encoder(out_dir, cfg, run_dir=tmp)
     cfg = cfg or PretrainConfig()
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     images = render_pretraining_images(cfg)
     model = DinoPretrainer(cfg)
     tcfg = TrainerConfig(
-        output_dir=str(run_dir or tempfile.mkdtemp(prefix="intra-pretrain-")),
+        output_dir=str(run_dir),
         max_steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay, lr_schedule="cosine", warmup_steps=cfg.warmup_steps,
         max_grad_norm=3.0, seed=cfg.seed, log_every=50, progress=False,
