@@ -118,3 +118,25 @@ def test_shipped_dslm_follows_held_out_lyrics(shipped):
     sung = bca_ablation(shipped.dslm, held, 12, with_lyrics=True, strategies=("BR",))
     ver = vowel_error_rates(sung["BR"]["samples"], held)
     assert ver["own_lyrics"] <= ver["shuffled_lyrics"] - 0.2, ver
+
+
+@pytest.mark.slow
+def test_shipped_dslm_carries_the_vocal_prompt_key(shipped):
+    """Spec §8.8 on the shipped DSLM, 64 held-out songs: with only a 3 s vocal prompt from another clip of
+    the song (no lyrics), the generated song is in the song's key in >= 70% (chance 0.25)."""
+    from fourfold.songcreator.demo import _setup, prompt_carry
+
+    songs, _, tok, _ = _setup(64, seed=1, prompts=False)
+    carry = prompt_carry(shipped.dslm, songs, tok, 64)
+    assert carry["key"] >= 0.7, carry
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="tempo from a vocal prompt alone is not learned yet (docs: Not done)")
+def test_shipped_dslm_carries_the_vocal_prompt_key_and_tempo(shipped):
+    """Spec §8.8's full statement: key *and* tempo carry over in >= 70% (chance 0.125). Measured 0.375
+    (tempo 0.45): a known gap, kept as a strict xfail so that passing it is noticed."""
+    from fourfold.songcreator.demo import _setup, prompt_carry
+
+    songs, _, tok, _ = _setup(64, seed=1, prompts=False)
+    assert prompt_carry(shipped.dslm, songs, tok, 64)["both"] >= 0.7

@@ -13,30 +13,45 @@ import torch
 from fourfold.metrics.music import estimate_key, onsets_on_grid
 from fourfold.songcreator.oracle import NO_CHORD, ProceduralLabelTokenizer
 
-__all__ = ["accompaniment_beats", "accompaniment_key", "stream_agreement", "vocal_key"]
+__all__ = ["accompaniment_beats", "accompaniment_key", "song_key", "stream_agreement", "vocal_key"]
 
 _TOK = ProceduralLabelTokenizer
 
 
-def vocal_key(tokens: torch.Tensor, candidates=None) -> int | None:
+def _vocal_histogram(tokens: torch.Tensor) -> np.ndarray:
     pcs = _TOK.vocal_pitch_classes(tokens)
     pcs = pcs[pcs >= 0]
-    if len(pcs) == 0:
-        return None
-    return estimate_key(np.bincount(pcs.numpy(), minlength=12).astype(float), candidates)
+    return np.bincount(pcs.numpy(), minlength=12).astype(float)
 
 
-def accompaniment_key(tokens: torch.Tensor, candidates=None) -> int | None:
+def _chord_histogram(tokens: torch.Tensor) -> np.ndarray:
+    """Pitch classes of the chord tones (root, third, fifth) of every chord frame."""
     chords = _TOK.chords(tokens)
     chords = chords[(chords >= 0) & (chords != NO_CHORD)]
-    if len(chords) == 0:
-        return None
     hist = np.zeros(12)
     for c in chords.tolist():
         root, minor = c % 12, c >= 12
         for iv in (0, 3 if minor else 4, 7):
             hist[(root + iv) % 12] += 1
-    return estimate_key(hist, candidates)
+    return hist
+
+
+def vocal_key(tokens: torch.Tensor, candidates=None) -> int | None:
+    hist = _vocal_histogram(tokens)
+    return estimate_key(hist, candidates) if hist.any() else None
+
+
+def accompaniment_key(tokens: torch.Tensor, candidates=None) -> int | None:
+    hist = _chord_histogram(tokens)
+    return estimate_key(hist, candidates) if hist.any() else None
+
+
+def song_key(vocals: torch.Tensor, accompaniment: torch.Tensor, candidates=None) -> int | None:
+    """Key of a whole song: Krumhansl–Kessler on the sung pitch classes plus the chord tones (one count
+    per frame each). A short melody alone uses few scale tones and is often ambiguous between keys that
+    share them; the chords add the missing ones."""
+    hist = _vocal_histogram(vocals) + _chord_histogram(accompaniment)
+    return estimate_key(hist, candidates) if hist.any() else None
 
 
 def accompaniment_beats(tokens: torch.Tensor, rate: float = _TOK.token_rate) -> np.ndarray:

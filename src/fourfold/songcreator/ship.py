@@ -62,7 +62,25 @@ def _mel(renderer, tokens, kind):
     return renderer(tokens, kind)
 
 
-def build_pipeline(dslm_dir: Path, out: Path, renderer_kind: str = "ldm", log=print) -> dict:
+@torch.no_grad()
+def rendered_audio_l1(renderer, examples) -> dict[str, float]:
+    """Mean log-mel L1 between the *rendered waveform's* mel and the true mel (after Griffin-Lim for a
+    mel-latent renderer, straight from the VAE decoder for a waveform-latent one), own tokens only."""
+    from fourfold.audio.mel import mel_spectrogram
+
+    cfg = renderer.config.mel_config()
+    out = []
+    for tok, wav, kind in examples:
+        true = mel_spectrogram(torch.as_tensor(wav, dtype=torch.float32), cfg)
+        mel = mel_spectrogram(renderer.render(tok[None], kind)[0].float(), cfg)
+        n = min(mel.shape[-1], true.shape[-1])
+        out.append(float((mel[..., :n] - true[..., :n]).abs().mean()))
+    return {"rendered_audio_l1": float(np.mean(out)), "n": len(out)}
+
+
+def build_pipeline(
+    dslm_dir: Path, out: Path, renderer_kind: str = "ldm", log=print, vae_dir: Path | None = None
+) -> dict:
     from fourfold.songcreator.demo import _setup
     from fourfold.songcreator.dslm import DSLM
     from fourfold.songcreator.ldm_renderer import (
@@ -84,7 +102,26 @@ def build_pipeline(dslm_dir: Path, out: Path, renderer_kind: str = "ldm", log=pr
         centroid.fit([e[0] for e in ex], [e[1] for e in ex], kind)
     metrics = {"centroid": renderer_reconstruction(centroid, held_ex)}
     renderer = centroid
-    if renderer_kind == "ldm":
+    if renderer_kind == "ldm" and vae_dir is not None:
+        from fourfold.audio.waveform_vae import WaveformVAE
+
+        # the paper's renderer: a waveform-VAE latent (VAE trained with GAN losses by ship_vae), then the
+        # U-Net on it with the same two phases as the mel-latent renderer below
+        torch.manual_seed(0)
+        renderer = LatentDiffusionRenderer(
+            LatentDiffusionRendererConfig.tiny(tok.codebook_size, vae="waveform")
+        )
+        renderer.vae.load_state_dict(WaveformVAE.from_pretrained(vae_dir).state_dict())
+        first = train_ldm_renderer(renderer, train_ex, vae_steps=0, log=log)
+        metrics["ldm_after_first_phase"] = renderer_reconstruction(renderer, held_ex)
+        second = train_ldm_renderer(
+            renderer, train_ex, vae_steps=0, unet_steps=900, learning_rate=1e-3, seed=1, log=log
+        )
+        metrics["ldm"] = renderer_reconstruction(renderer, held_ex)
+        metrics["ldm"].update(rendered_audio_l1(renderer, held_ex))
+        metrics["ldm_losses_first_last"] = {"unet": [first["unet"][0], float(np.mean(second["unet"][-20:]))]}
+        metrics["vae"] = str(vae_dir)
+    elif renderer_kind == "ldm":
         torch.manual_seed(0)
         renderer = LatentDiffusionRenderer(LatentDiffusionRendererConfig.tiny(tok.codebook_size))
         # VAE 300 steps + U-Net 600 steps at lr 2e-3, then 900 more U-Net steps at 1e-3 (the second phase
@@ -111,9 +148,12 @@ def main(argv=None) -> None:
     ap.add_argument("--dslm", type=Path, required=True, help="a DSLM directory (config.json + weights)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--renderer", choices=("ldm", "centroid"), default="ldm")
+    ap.add_argument(
+        "--vae", type=Path, default=None, help="a trained WaveformVAE folder (ship_vae): the paper's latent"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    build_pipeline(args.dslm, args.out, args.renderer)
+    build_pipeline(args.dslm, args.out, args.renderer, vae_dir=args.vae)
 
 
 if __name__ == "__main__":
