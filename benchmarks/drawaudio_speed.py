@@ -12,6 +12,16 @@ Griffin-Lim are timed separately), peak RSS (CPU) or ``torch.cuda.max_memory_all
 ratios the spec bounds (joint/plain <= 1.3x time, <= 1.2x memory; adapter/full step < 1x).
 
     python benchmarks/drawaudio_speed.py [--steps 25] [--batch 1] [--repeats 3] [--device cpu|cuda]
+
+``--size real`` instead measures Auffusion's size in ONE process (random weights; nothing is downloaded):
+an SD-1.5-topology UNet (block_out 320/640/1280/1280, 2 layers per block, cross-attention 768, 860M
+parameters) on the 4x32x128 latent of a 10.24-s clip, 77 text tokens, 2x82 video tokens (8 fps), the TLM
+at T' = 128, DDIM for a few steps. Plain loop first, then the adapter is attached and our sampler runs
+joint and dual CFG. Peak memory is the highest RSS (CPU, sampled every 5 ms by a thread, after
+``malloc_trim``) or ``torch.cuda.max_memory_allocated`` during each variant; time is the denoising loop
+after one untimed warm-up step. Results: ``results/drawaudio_speed_real_<device>.json``.
+
+    python benchmarks/drawaudio_speed.py --size real --steps 3 [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -119,6 +129,125 @@ def run_variant(variant: str, base_dir: str, steps: int, batch: int, repeats: in
     return out
 
 
+class _RSSPeak:
+    """Highest resident set size (MB) of this process while the context is open (CPU), sampled every 5 ms."""
+
+    def __enter__(self):
+        import contextlib
+        import ctypes
+        import gc
+        import threading
+
+        gc.collect()
+        with contextlib.suppress(OSError):  # give freed heap pages back: one variant's leftovers stay out
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.page = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def real_size(steps: int, batch: int, device: str) -> dict:
+    """Auffusion-size pipeline vs plain diffusers loop in one process (random weights)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from fourfold.diffusion import make_scheduler
+    from fourfold.drawaudio.base import AudioBase, tiny_scheduler
+    from fourfold.drawaudio.config import DrawAudioConfig, VideoConfig
+    from fourfold.drawaudio.model import DrawAudioModel
+    from fourfold.drawaudio.pipeline import DrawAudioPipeline
+    from fourfold.drawaudio.text import ConditionAdapter, TextConditioner, WordEncoder, WordEncoderConfig
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    torch.manual_seed(0)
+    cfg = DrawAudioConfig.auffusion()
+    # CLIP ViT weights are not reachable here; frame encoding is outside the timed loop, so a TinyFrameCNN
+    # gives the same 2x82 tokens of width 768 to the UNet
+    cfg.video = VideoConfig(encoder="tiny", fps=8.0, image_size=64, patch_size=16, width=32, embed_dim=768)
+    unet = UNet2DConditionModel(sample_size=(32, 128), cross_attention_dim=768)  # SD-1.5 topology defaults
+    n_params = sum(p.numel() for p in unet.parameters())
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)  # fmt: skip
+    enc = WordEncoder(WordEncoderConfig(vocab=["<unk>", *VOCAB], max_positions=77))
+    text = TextConditioner([enc], [ConditionAdapter(enc.config.dim, 768)], 77)
+    base = AudioBase(unet=unet, vae=vae, scheduler=tiny_scheduler("epsilon"), text=text, mel=cfg.mel).freeze()
+    base = base.to(device)
+    prompts = ["a red ball bounces"] * batch
+    emb = base.encode_text(prompts).to(device)
+    f = cfg.num_video_frames
+    frames = torch.rand(batch, f, 3, cfg.video.image_size, cfg.video.image_size)
+    times = torch.arange(f) / cfg.video.fps
+    curve = torch.rand(batch, cfg.loudness_frames)
+    rows: dict = {}
+
+    def timed(name: str, run) -> None:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        with _RSSPeak() as mem:
+            run(1)  # warm-up: allocations, kernel selection
+            t0 = time.perf_counter()
+            run(steps)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else mem.peak
+        rows[name] = {"seconds": seconds, "seconds_per_step": seconds / steps, "peak_mb": peak,
+                      "rss_before_mb": mem.start if device != "cuda" else None,
+                      "rtf_25_steps": 25 * seconds / steps / (cfg.duration * batch)}  # fmt: skip
+        print(f"{name:6s} {seconds:8.2f} s for {steps} steps, peak {peak:.0f} MB", flush=True)
+
+    base.unet.set_attn_processor(AttnProcessor2_0())
+
+    def plain(n: int) -> None:
+        sched = make_scheduler("ddim", source=base.scheduler)
+        sched.set_timesteps(n)
+        lat = torch.randn(batch, *cfg.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            for t in sched.timesteps:
+                u, c = base.unet(torch.cat([lat] * 2), t, encoder_hidden_states=torch.cat([torch.zeros_like(emb), emb])).sample.chunk(2)  # fmt: skip
+                lat = sched.step(u + 7.5 * (c - u), t, lat).prev_sample
+
+    timed("plain", plain)
+    model = DrawAudioModel(cfg, base).to(device).eval()  # attaches MAM to every attn2, TLM at conv_in
+    adapter_params = sum(p.numel() for p in model.adapter_parameters())
+    pipe = DrawAudioPipeline(model)
+    conds = pipe.encode_conditions(prompts, None, frames.to(device), None, times, curve.to(device))
+    for mode in ("joint", "dual"):
+        timed(
+            mode,
+            lambda n, mode=mode: pipe.denoise(*conds, mode, 7.5, 7.5, n, torch.Generator().manual_seed(0)),
+        )
+    ratios = {
+        "joint_over_plain_time": rows["joint"]["seconds"] / rows["plain"]["seconds"],
+        "dual_over_plain_time": rows["dual"]["seconds"] / rows["plain"]["seconds"],
+        "joint_over_plain_peak_memory": rows["joint"]["peak_mb"] / rows["plain"]["peak_mb"],
+        "dual_over_plain_peak_memory": rows["dual"]["peak_mb"] / rows["plain"]["peak_mb"],
+    }
+    return {"size": "real (Auffusion: SD-1.5 UNet, 4x32x128 latent, 10.24 s)", "device": device, "steps": steps,
+            "batch": batch, "threads": os.environ.get("BENCH_THREADS", "1"), "unet_parameters": n_params,
+            "adapter_parameters": adapter_params, "video_tokens": 2 * f, "load_average_1min": os.getloadavg()[0],
+            "rows": rows, "ratios": ratios, "one_process": True,
+            "bounds": {"joint_over_plain_time": 1.3, "joint_over_plain_peak_memory": 1.2}}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=25)
@@ -127,8 +256,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--base", help="tiny base directory (default: the shipped asset, else a random one)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--size", choices=("tiny", "real"), default="tiny", help="tiny UNet, or Auffusion's size")
     args = ap.parse_args()
+    if args.size == "real":
+        result = real_size(args.steps, args.batch, args.device)
+        out = args.out or RESULTS.with_name(f"drawaudio_speed_real_{args.device}.json")
+        tmp_out = out.with_suffix(".tmp")
+        tmp_out.write_text(json.dumps(result, indent=2))
+        os.replace(tmp_out, out)
+        print(json.dumps(result["ratios"], indent=2))
+        return
+    args.out = args.out or RESULTS
     if args.variant:
         print(
             json.dumps(

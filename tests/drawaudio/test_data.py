@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fourfold.data.bouncing import BouncingConfig, BouncingDataset, make_clip, write_clip
 from fourfold.data.vggsound import ClipFolderError, VGGSoundClips
@@ -104,3 +105,30 @@ def test_vggsound_silent_audio_is_an_error(tmp_path):
     assert len(ds) == 1 and ds.fallback_captions == 1
     with pytest.raises(AudioError, match="silent"):
         ds[0]
+
+
+def test_offscreen_hum_is_invisible_and_follows_its_envelope():
+    from fourfold.audio.loudness import loudness_db
+    from fourfold.audio.mel import MelConfig
+    from fourfold.drawaudio.data import OffscreenHum, procedural_clip, with_offscreen_hum
+
+    cfg = BouncingConfig()
+    plain, a, b = make_clip(11, cfg), procedural_clip(11, cfg), procedural_clip(11, cfg)
+    assert np.array_equal(a.audio, b.audio)  # deterministic
+    # video, masks, stems, onsets and gains are untouched: the hum is in the mix only
+    assert np.array_equal(a.video, plain.video) and np.array_equal(a.stems, plain.stems)
+    assert all(np.array_equal(x, y) for x, y in zip(a.onsets, plain.onsets, strict=True))
+    hum = a.audio - plain.audio
+    info = a.meta["offscreen_hum"]
+    assert all(-24.0 <= g <= 0.0 for g in info["knot_db"]) and a.hum
+    # between impacts the mix's frame loudness is the hum's level: level + the envelope in dB
+    t = np.arange(cfg.n_samples) / cfg.sample_rate
+    env = 10 ** ((info["level_db"] + np.interp(t, info["knot_t"], info["knot_db"])) / 20)
+    assert np.allclose(np.abs(hum), np.abs(env * np.sin(2 * np.pi * 120.0 * t + info["phase"])), atol=1e-6)
+    quiet = loudness_db(torch.from_numpy(plain.audio), MelConfig.tiny()).numpy() < -90
+    hum_db = loudness_db(torch.from_numpy(a.audio), MelConfig.tiny()).numpy()
+    assert quiet.any() and hum_db[quiet].min() > -24 - 20 - 10  # no digital silence left in the mix
+    assert with_offscreen_hum(plain, None) is plain
+    assert with_offscreen_hum(plain, OffscreenHum(prob=0.0)) is plain
+    with pytest.raises(ValueError, match="gain_db"):
+        OffscreenHum(gain_db=(0.0, 6.0))

@@ -202,6 +202,10 @@ def test_cli_data_generate_eval(make_model, base_dir, tmp_path):
     r = runner.invoke(
         app, ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "clips"), "--metrics", "csav"]
     )
+    assert r.exit_code != 0 and "--av-embedder" in r.output  # CS-AV needs an audio-visual embedder
+    r = runner.invoke(
+        app, ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "clips"), "--metrics", "clap"]
+    )
     assert r.exit_code != 0 and "unsupported metrics" in r.output
 
 

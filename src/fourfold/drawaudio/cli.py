@@ -16,7 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EVAL_METRICS = ("onset", "loudness", "fd", "fad", "kl", "is")
+EVAL_METRICS = ("onset", "loudness", "fd", "fad", "kl", "is", "csav")
 
 
 @app.command()
@@ -103,7 +103,15 @@ def train(
         from fourfold.drawaudio.train import pretrain_tiny_base
 
         n = int(data.split(":")[1]) if data.startswith("procedural:") else 300
-        info = pretrain_tiny_base(out, cfg, n_clips=n, unet_steps=steps or 600, progress=True, vae_from=base)
+        info = pretrain_tiny_base(
+            out,
+            cfg,
+            n_clips=n,
+            vae_steps=0 if base else 600,
+            unet_steps=steps or 600,
+            progress=True,
+            vae_from=base,
+        )
         typer.echo(json.dumps(info))
         return
     if stage != "adapter":
@@ -146,11 +154,21 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("metrics.json"),
     metrics: Annotated[
         str,
-        typer.Option(help="comma list from: onset, loudness, fd, kl, is (need PANNs), fad (needs VGGish)"),
+        typer.Option(
+            help="comma list from: onset, loudness, fd, kl, is (need PANNs), fad (needs VGGish), "
+            "csav (needs --av-embedder and the videos)"
+        ),
     ] = "onset,loudness",
     embedder: Annotated[
         list[Path] | None,
         typer.Option(help="PANNs CNN14 or VGGish weights (.safetensors/.pth/folder); repeat to give both"),
+    ] = None,
+    av_embedder: Annotated[
+        Path | None,
+        typer.Option(help="audio-visual embedder folder for csav (e.g. the shipped assets/tiny_cavp)"),
+    ] = None,
+    video: Annotated[
+        Path | None, typer.Option(help="folder of <name>.mp4 videos for csav (default: the --ref folder)")
     ] = None,
 ) -> None:
     """Paired metrics over two folders -> METRICS JSON (written atomically)."""
@@ -161,10 +179,9 @@ def evaluate(
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in EVAL_METRICS]
     if unknown:
-        raise typer.BadParameter(
-            f"unsupported metrics {unknown}: choose from {list(EVAL_METRICS)} (CS-AV needs an audio-visual "
-            "embedder, which fourfold does not provide)"
-        )
+        raise typer.BadParameter(f"unsupported metrics {unknown}: choose from {list(EVAL_METRICS)}")
+    if "csav" in wanted and av_embedder is None:
+        raise typer.BadParameter("metric csav needs --av-embedder DIR (an audio-visual embedder folder)")
     nets = {}
     if embedder:
         from fourfold.audio.embedders import PANNsCnn14, load_embedder
@@ -200,6 +217,17 @@ def evaluate(
 
         with torch.no_grad():
             result.update(distribution_metrics(g, r, sr, dist, nets.get("panns"), nets.get("vggish")))
+    if "csav" in wanted:
+        from fourfold.audio.io import read_video
+        from fourfold.metrics.csav import csav, load_av_embedder
+
+        net = load_av_embedder(av_embedder)
+        vdir = video or ref
+        missing = [f"{k}.mp4" for k in common if not (vdir / f"{k}.mp4").is_file()]
+        if missing:
+            raise typer.BadParameter(f"csav: no video for {missing[:10]} in {vdir} (pass --video DIR)")
+        videos = [read_video(vdir / f"{k}.mp4", with_audio=False)[0] for k in common]
+        result.update(csav(net, g, sr, videos))
     atomic_write_text(out, json.dumps(result, indent=2))
     typer.echo(json.dumps(result))
 
@@ -213,18 +241,28 @@ def data(
         Path | None, typer.Option(help="folder of mp4s: write masks/<stem>.json from the colour detector")
     ] = None,
     phrase: Annotated[str, typer.Option(help="keyphrase for --detect")] = "red ball",
+    hum: Annotated[
+        bool,
+        typer.Option(
+            help="add the off-screen hum with its random level envelope (the model's training data)"
+        ),
+    ] = True,
 ) -> None:
     """Write procedural clips, or detect masks for a folder of videos."""
-    from fourfold.data.bouncing import make_clip, write_clip
+    from fourfold.data.bouncing import BouncingConfig, write_clip
+    from fourfold.drawaudio.data import DEFAULT_HUM, procedural_clip
+    from fourfold.nn.modeling import atomic_write_text
 
     if procedural <= 0 and detect is None:
         raise typer.BadParameter("give --procedural N and/or --detect FOLDER")
     for i in range(procedural):
-        write_clip(make_clip(seed + i), out, f"bounce_{seed + i:06d}")
+        clip = procedural_clip(seed + i, BouncingConfig(), DEFAULT_HUM if hum else None)
+        write_clip(clip, out, f"bounce_{seed + i:06d}")
+        if "offscreen_hum" in clip.meta:  # the envelope is ground truth too (BounceFoley's JSON has no field)
+            atomic_write_text(out / f"bounce_{seed + i:06d}_hum.json", json.dumps(clip.meta["offscreen_hum"]))
     if detect is not None:
         from fourfold.audio.io import read_video
         from fourfold.drawaudio.masks import ColorDetector
-        from fourfold.nn.modeling import atomic_write_text
 
         det = ColorDetector()
         for path in sorted(detect.glob("*.mp4")):

@@ -8,6 +8,8 @@ Each effect is measured against its ablation and next to its oracle ceiling:
 - **Video**: CondFoleyGen onset hit accuracy / AP against the true impact times
   (``fourfold.metrics.onset_metrics``), with video vs text only (zero video tokens). Oracle: onsets
   detected on the reference mix.
+- **CS-AV** (spec §6, when an audio-visual embedder is given): audio-visual cosine of the video-conditioned
+  output vs the text-only one, next to the reference's own audio and another clip's (mismatched) audio.
 - **MAM**: neutral caption, mask on object A then on B; a logistic band-energy timbre classifier (fit
   on reference stems) names the object heard. Reports the fraction naming the masked object and the
   fraction whose swap flips the answer; plus hit accuracy on A's onsets vs B's with A masked.
@@ -85,8 +87,11 @@ def evaluate_clips(
     seed: int = 0,
     batch: int = 8,
     keep_audio: int = 0,
+    av_embedder=None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """All three comparisons on ``clips``; returns (metrics, first ``keep_audio`` generated clips per condition)."""
+    """All three comparisons on ``clips`` (plus CS-AV with ``av_embedder``, a
+    :class:`fourfold.metrics.csav.AVEmbedder`); returns (metrics, first ``keep_audio`` generated clips per
+    condition)."""
     cfg = pipe.cfg
     sr = cfg.mel.sample_rate
     gen: dict[str, list[np.ndarray]] = {k: [] for k in ("tlm", "no_tlm", "text_only", "mask_a", "mask_b")}
@@ -140,5 +145,13 @@ def evaluate_clips(
         on_a["onset_hit_acc"],
         on_b["onset_hit_acc"],
     )
+    if av_embedder is not None:
+        from fourfold.metrics.csav import csav
+
+        videos = [c.video for c in clips]
+        for key, name in (("no_tlm", "video"), ("text_only", "text_only")):
+            metrics[f"csav_{name}"] = csav(av_embedder, list(out[key]), sr, videos)["csav"]
+        metrics["csav_reference"] = csav(av_embedder, refs, sr, videos)["csav"]
+        metrics["csav_reference_mismatched"] = csav(av_embedder, refs[1:] + refs[:1], sr, videos)["csav"]
     kept = {k: v[:keep_audio] for k, v in out.items()}
     return metrics, kept

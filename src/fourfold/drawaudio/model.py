@@ -293,19 +293,22 @@ class DrawAudioModel(nn.Module):
     # training objective (spec §2.5)
 
     def loss(
-        self, batch: dict, generator: torch.Generator | None = None
+        self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE between the UNet output and the scheduler's target (ε, x0 or v) on cached latents.
 
         ``batch``: ``latents`` (B, C, H, T'), ``text`` (B, L, D), ``frames`` (B, F, 3, S, S), ``masks``
         (B, F, S, S), ``times`` (F,), ``loudness`` (B, T'). Independent dropouts (ours, §2.5): text -> zero
-        embedding, video -> zero tokens, loudness -> zero TLM output.
+        embedding, video -> zero tokens, loudness -> zero TLM output; ``dropout=False`` keeps every
+        condition (held-out measurements). Noise and timesteps come from ``generator``.
         """
         latents = batch["latents"]
         b, dev = latents.shape[0], latents.device
         tc = self.cfg.train
 
         def keep(p: float) -> torch.Tensor:
+            if not dropout:
+                return torch.ones(b, device=dev)
             return (torch.rand(b, generator=generator) >= p).float().to(dev)
 
         text = batch["text"] * keep(tc.text_dropout)[:, None, None]

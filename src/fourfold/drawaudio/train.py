@@ -22,12 +22,18 @@ from fourfold.audio.mel import mel_spectrogram, mel_to_image
 from fourfold.diffusion import training_step
 from fourfold.drawaudio.base import build_tiny_base, tiny_scheduler, tiny_unet, tiny_vae
 from fourfold.drawaudio.config import DrawAudioConfig
-from fourfold.drawaudio.data import bouncing_config_for, clip_views
+from fourfold.drawaudio.data import (
+    DEFAULT_HUM,
+    OffscreenHum,
+    bouncing_config_for,
+    clip_views,
+    procedural_clip,
+)
 from fourfold.drawaudio.model import DrawAudioModel
 from fourfold.drawaudio.text import ConditionAdapter, TextConditioner, WordEncoder, WordEncoderConfig
 from fourfold.train import Trainer, TrainerConfig, TrainResult
 
-__all__ = ["TimeBudget", "pretrain_tiny_base", "train_adapter"]
+__all__ = ["TimeBudget", "heldout_loss", "pretrain_tiny_base", "train_adapter"]
 
 
 class TimeBudget:
@@ -80,6 +86,31 @@ def train_adapter(
     result = trainer.fit()
     model.eval()
     return result
+
+
+@torch.no_grad()
+def heldout_loss(
+    model: DrawAudioModel, data: Dataset, seed: int = 0, batch_size: int = 16, repeats: int = 2
+) -> float:
+    """Mean diffusion loss of ``model`` on every view of ``data`` with every condition kept, and noise and
+    timesteps fixed by ``seed`` (the same draws on every call).
+
+    A single training batch's loss swings with its random timesteps (x0-MSE at t near 0 vs near T differ
+    many-fold), so comparing this number before and after training is the steady way to see learning.
+    """
+    from torch.utils.data import default_collate
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for r in range(repeats):
+        for j in range(0, len(data), batch_size):
+            items = [data[i] for i in range(j, min(len(data), j + batch_size))]
+            g = torch.Generator().manual_seed(seed * 1_000_003 + r * 10_007 + j)
+            loss, _ = model.loss(default_collate(items), generator=g, dropout=False)
+            total, count = total + float(loss) * len(items), count + len(items)
+    model.train(was_training)
+    return total / count
 
 
 # tiny base (ours)
@@ -139,15 +170,17 @@ def pretrain_tiny_base(
     work_dir: str | Path | None = None,
     progress: bool = False,
     vae_from: str | Path | None = None,
+    unet_from: str | Path | None = None,
+    hum: OffscreenHum | None = DEFAULT_HUM,
 ) -> dict:
     """Train and write the tiny base (``vae/``, ``unet/``, ``scheduler/``, text encoder, adapter).
 
     Data: ``n_clips`` bouncing clips from ``seed``; each contributes its mix and stems with the captions
-    of :func:`~fourfold.drawaudio.data.clip_views`. ``vae_from`` (a base directory) reuses its trained
-    ``vae/`` (with its latent scaling factor) instead of training one. Returns timings and final losses.
+    of :func:`~fourfold.drawaudio.data.clip_views` (mixes with the off-screen ``hum``). ``vae_from`` (a
+    base directory) starts from its trained ``vae/`` (with its latent scaling factor): used as it is when
+    ``vae_steps`` is 0, else fine-tuned for ``vae_steps``. ``unet_from`` starts the UNet from that base's
+    ``unet/`` (a warm start when only the data changed). Returns timings and final losses.
     """
-    from fourfold.data.bouncing import make_clip
-
     cfg = cfg or DrawAudioConfig.tiny()
     work = Path(work_dir or Path(out_dir).parent / f".{Path(out_dir).name}-work")
     t0 = time.monotonic()
@@ -155,7 +188,7 @@ def pretrain_tiny_base(
     ccfg = bouncing_config_for(cfg)
     wavs, captions = [], []
     for i in range(n_clips):
-        clip = make_clip(seed + i, ccfg)
+        clip = procedural_clip(seed + i, ccfg, hum)
         for v in clip_views(clip, seed):
             wavs.append(clip.audio if v["source"] < 0 else clip.stems[v["source"]])
             captions.append(v["caption"])
@@ -169,11 +202,16 @@ def pretrain_tiny_base(
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(str(Path(vae_from) / "vae"), local_files_only=True)
-        vae_res = TrainResult(step=0, losses=[], log_path=None, last_checkpoint=None)
     else:
         vae = tiny_vae(cfg)
+    if vae_from is not None and vae_steps <= 0:
+        vae_res = TrainResult(step=0, losses=[], log_path=None, last_checkpoint=None)
+    else:
+        vae.train().requires_grad_(True)
         vae_res = Trainer(
-            _VAELoss(vae), _trainer_config(work / "vae", vae_steps, batch_size, 1e-3, seed, progress=progress),
+            # a fine-tune starts gentler: Adam's first steps at 1e-3 undo a trained VAE (L1 0.06 -> 0.16 in 2)
+            _VAELoss(vae), _trainer_config(work / "vae", vae_steps, batch_size, 1e-3 if vae_from is None else 2e-4,
+                                           seed, warmup=0 if vae_from is None else 20, progress=progress),
             _MelImages(images, captions), lambda m, b: m(b),
         ).fit()  # fmt: skip
     vae.eval().requires_grad_(False)
@@ -186,9 +224,23 @@ def pretrain_tiny_base(
     vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
 
-    unet = tiny_unet(cfg)
-    enc = WordEncoder(WordEncoderConfig(vocab=["<unk>", *vocab], max_positions=cfg.base.text_max_tokens))
-    adapter = ConditionAdapter(enc.config.dim, cfg.base.cross_attention_dim)
+    if unet_from is not None:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(str(Path(unet_from) / "unet"), local_files_only=True)
+        unet.train().requires_grad_(True)
+    else:
+        unet = tiny_unet(cfg)
+    if unet_from is not None:  # the text path the warm-started UNet learned with
+        prev = TextConditioner.from_base_dir(Path(unet_from), cfg.base.text_max_tokens)
+        enc, adapter = prev.encoders[0], prev.adapters[0]
+        if not isinstance(enc, WordEncoder) or set(vocab) - set(enc.config.vocab):
+            raise ValueError(f"unet_from={unet_from}: its text encoder is not a WordEncoder covering {vocab}")
+        enc.train().requires_grad_(True)
+        adapter.train().requires_grad_(True)
+    else:
+        enc = WordEncoder(WordEncoderConfig(vocab=["<unk>", *vocab], max_positions=cfg.base.text_max_tokens))
+        adapter = ConditionAdapter(enc.config.dim, cfg.base.cross_attention_dim)
     text = TextConditioner([enc], [adapter], cfg.base.text_max_tokens)
     scheduler = tiny_scheduler("sample")
 
@@ -201,7 +253,8 @@ def pretrain_tiny_base(
 
     unet_res = Trainer(
         _TextOnlyLoss(unet, text, vae, scheduler),
-        _trainer_config(work / "unet", unet_steps, batch_size, 1e-3, seed, warmup=50, progress=progress,
+        _trainer_config(work / "unet", unet_steps, batch_size, 1e-3 if unet_from is None else 3e-4, seed,
+                        warmup=50, progress=progress,
                         lr_schedule="cosine", min_lr_ratio=0.1),
         _Latents(), lambda m, b: m(b),
     ).fit()  # fmt: skip
