@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def main(argv=None) -> None:
         "waveform_vae": reconstruction_metrics(test, wave_vae, mel_cfg),
         "mel_vae_griffin_lim": reconstruction_metrics(test, mel_vae_griffin_lim, mel_cfg),
         "seconds": time.time() - t0,
-        "command": "python -m fourfold.songcreator.ship_vae " + " ".join(argv or []),
+        "command": "python -m fourfold.songcreator.ship_vae "
+        + " ".join(sys.argv[1:] if argv is None else argv),
     }
     (out / "vae_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
