@@ -32,6 +32,7 @@ __all__ = [
     "HiFiGANDiscriminatorConfig",
     "HiFiGANTraining",
     "MultiBandSTFTDiscriminator",
+    "adversarial_step_losses",
     "discriminator_loss",
     "feature_matching_loss",
     "generator_adversarial_loss",
@@ -302,6 +303,29 @@ def feature_matching_loss(
     )
 
 
+def adversarial_step_losses(
+    discriminator: nn.Module, real_wav: torch.Tensor, fake_wav: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adversarial terms of one simultaneous G/D update: ``(d_loss, adv, fm)``.
+
+    ``d_loss`` (Eq. 1) sees the fake audio detached, so it trains only the discriminator; ``adv`` (Eq. 2)
+    and ``fm`` (Eq. 4) run the discriminator with its weights detached (``functional_call``), so they train
+    only the generator. Summed into one loss, a single backward then gives each side its own gradient.
+    ``real_wav``/``fake_wav``: ``(batch, samples)``.
+    """
+    real_scores, real_feats = discriminator(real_wav)
+    fake_scores_d, _ = discriminator(fake_wav.detach())
+    d_loss = discriminator_loss(real_scores, fake_scores_d)
+    frozen = {
+        k: v.detach()
+        for k, v in itertools.chain(discriminator.named_parameters(), discriminator.named_buffers())
+    }
+    fake_scores, fake_feats = functional_call(discriminator, frozen, (fake_wav,))
+    adv = generator_adversarial_loss(fake_scores)
+    fm = feature_matching_loss(real_feats, fake_feats)
+    return d_loss, adv, fm
+
+
 def hifigan_generator_loss(
     discriminator: HiFiGANDiscriminator,
     real_wav: torch.Tensor,
@@ -358,20 +382,9 @@ class HiFiGANTraining(nn.Module):
             )
         real = normalize_waveform(wav.float(), self.mel_cfg)
         fake = self.generator(mel_spectrogram(real, self.mel_cfg))
-        real_scores, real_feats = self.discriminator(real)
-        fake_scores_d, _ = self.discriminator(fake.detach())
-        d_loss = discriminator_loss(real_scores, fake_scores_d)
-        frozen = {
-            k: v.detach()
-            for k, v in itertools.chain(
-                self.discriminator.named_parameters(), self.discriminator.named_buffers()
-            )
-        }
-        fake_scores, fake_feats = functional_call(self.discriminator, frozen, (fake,))
+        d_loss, adv, fm = adversarial_step_losses(self.discriminator, real, fake)
         loss_cfg = self.mel_cfg.replace(peak_norm=None, remove_dc=False)
         mel_l1 = F.l1_loss(mel_spectrogram(fake, loss_cfg), mel_spectrogram(real, loss_cfg))
-        adv = generator_adversarial_loss(fake_scores)
-        fm = feature_matching_loss(real_feats, fake_feats)
         g_loss = adv + FM_LOSS_WEIGHT * fm + MEL_LOSS_WEIGHT * mel_l1
         logs = {"d_loss": d_loss.item(), "g_adv": adv.item(), "g_fm": fm.item(), "mel_l1": mel_l1.item()}
         return d_loss + g_loss, logs

@@ -22,13 +22,11 @@ Shapes: waveforms ``(batch, samples)`` with samples a multiple of ``hop_length``
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -287,7 +285,7 @@ class WaveformVAETraining(nn.Module):
     def forward(
         self, wav: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        from fourfold.audio.gan import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+        from fourfold.audio.gan import adversarial_step_losses
 
         c = self.vae.config
         fake, kl = self.vae.reconstruct(wav, generator)
@@ -296,18 +294,7 @@ class WaveformVAETraining(nn.Module):
         logs = {"mel_l1": mel.item(), "kl": kl.item()}
         if not self.adversarial:
             return loss, logs
-        real_scores, real_feats = self.discriminator(wav)
-        fake_scores_d, _ = self.discriminator(fake.detach())
-        d_loss = discriminator_loss(real_scores, fake_scores_d)
-        frozen = {
-            k: v.detach()
-            for k, v in itertools.chain(
-                self.discriminator.named_parameters(), self.discriminator.named_buffers()
-            )
-        }
-        fake_scores, fake_feats = functional_call(self.discriminator, frozen, (fake,))
-        adv = generator_adversarial_loss(fake_scores)
-        fm = feature_matching_loss(real_feats, fake_feats)
+        d_loss, adv, fm = adversarial_step_losses(self.discriminator, wav, fake)
         loss = loss + c.adv_weight * adv + c.fm_weight * fm + d_loss
         logs.update(d_loss=d_loss.item(), g_adv=adv.item(), g_fm=fm.item())
         return loss, logs
