@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
-from fourfold.nn.modeling import CheckpointError, PretrainedModel
+from fourfold.nn.modeling import PretrainedModel
 
 __all__ = [
     "AVEmbedder",
@@ -155,6 +155,11 @@ def _cnn(channels: tuple[int, ...], in_ch: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _head(in_dim: int, dim: int) -> nn.Sequential:
+    """Per-time features with their position -> the shared embedding space (a 2-layer MLP)."""
+    return nn.Sequential(nn.Linear(in_dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
+
+
 class TinyCAVP(PretrainedModel):
     """Contrastive audio-visual embedder (ours, CAVP-style). Per-time features (with their position in the
     clip) -> MLP -> mean over time; frames likewise per frame. ``forward`` is not used: call
@@ -174,12 +179,8 @@ class TinyCAVP(PretrainedModel):
         self.frame_flat = nn.Linear(c[-1] * (config.image_size // down) ** 2, c[-1])
         self.audio_time = nn.Conv1d(c[-1], c[-1], 5, padding=2)  # local temporal context
         self.frame_time = nn.Conv1d(c[-1], c[-1], 3, padding=1)
-        self.audio_head = nn.Sequential(
-            nn.Linear(c[-1] + p, 2 * config.dim), nn.SiLU(), nn.Linear(2 * config.dim, config.dim)
-        )
-        self.frame_head = nn.Sequential(
-            nn.Linear(c[-1] + p, 2 * config.dim), nn.SiLU(), nn.Linear(2 * config.dim, config.dim)
-        )
+        self.audio_head = _head(c[-1] + p, config.dim)
+        self.frame_head = _head(c[-1] + p, config.dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.temperature)))
         from fourfold.audio.mel import MelConfig
 
@@ -242,13 +243,8 @@ class TinyCAVP(PretrainedModel):
 def load_av_embedder(path: str | os.PathLike) -> AVEmbedder:
     """Load an audio-visual embedder from a local directory (``config.json`` + ``model.safetensors``).
 
-    Only :class:`TinyCAVP` directories are known; anything else raises :class:`CheckpointError` naming
-    what is missing. Other embedders (e.g. an ImageBind wrapper) plug into :func:`csav` directly.
+    Only :class:`TinyCAVP` directories are known; ``from_pretrained`` raises :class:`CheckpointError`
+    naming a missing folder or file, or another model type. Other embedders (e.g. an ImageBind wrapper)
+    plug into :func:`csav` directly.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"AV embedder directory not found: {root}")
-    missing = [n for n in ("config.json", "model.safetensors") if not (root / n).is_file()]
-    if missing:
-        raise CheckpointError(f"{root} is not an AV embedder directory: missing {', '.join(missing)}")
-    return TinyCAVP.from_pretrained(root).eval()
+    return TinyCAVP.from_pretrained(Path(path)).eval()
