@@ -229,9 +229,7 @@ def pretrain_tiny_base(
 
         unet = UNet2DConditionModel.from_pretrained(str(Path(unet_from) / "unet"), local_files_only=True)
         unet.train().requires_grad_(True)
-    else:
-        unet = tiny_unet(cfg)
-    if unet_from is not None:  # the text path the warm-started UNet learned with
+        # the text path the warm-started UNet learned with
         prev = TextConditioner.from_base_dir(Path(unet_from), cfg.base.text_max_tokens)
         enc, adapter = prev.encoders[0], prev.adapters[0]
         if not isinstance(enc, WordEncoder) or set(vocab) - set(enc.config.vocab):
@@ -239,6 +237,7 @@ def pretrain_tiny_base(
         enc.train().requires_grad_(True)
         adapter.train().requires_grad_(True)
     else:
+        unet = tiny_unet(cfg)
         enc = WordEncoder(WordEncoderConfig(vocab=["<unk>", *vocab], max_positions=cfg.base.text_max_tokens))
         adapter = ConditionAdapter(enc.config.dim, cfg.base.cross_attention_dim)
     text = TextConditioner([enc], [adapter], cfg.base.text_max_tokens)
